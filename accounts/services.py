@@ -1,0 +1,57 @@
+"""Writes for API keys and usage records."""
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from .keys import generate_key, hash_key
+from .models import ApiKey, UsageRecord
+
+
+@transaction.atomic
+def api_key_create(*, username: str, name: str = "") -> tuple[ApiKey, str]:
+    """Create a key for `username` (creating the user if needed); return it and the plain key once."""
+    user, _ = get_user_model().objects.get_or_create(username=username)
+    key, prefix = generate_key()
+    api_key = ApiKey.objects.create(owner=user, name=name, prefix=prefix, key_hash=hash_key(key))
+    return api_key, key
+
+
+def api_key_revoke(*, prefix: str) -> ApiKey:
+    """Revoke the key with this prefix. Raises ApiKey.DoesNotExist."""
+    api_key = ApiKey.objects.get(prefix=prefix)
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+    return api_key
+
+
+def api_key_authenticate(*, key: str) -> AbstractBaseUser | None:
+    """Return the owner of an active key, or None. Records when the key was last used."""
+    api_key = (
+        ApiKey.objects.select_related("owner")
+        .filter(key_hash=hash_key(key), revoked_at__isnull=True, owner__is_active=True)
+        .first()
+    )
+    if api_key is None:
+        return None
+    now = timezone.now()
+    # Write at most once a minute per key: authentication is on every request's path.
+    if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+    return api_key.owner
+
+
+def usage_start(*, owner_id: int, kind: str, run_id: str, provider: str, model: str) -> UsageRecord:
+    return UsageRecord.objects.create(owner_id=owner_id, kind=kind, run_id=run_id, provider=provider, model=model)
+
+
+def usage_finish(*, record_id: int, status: str, prompt_tokens: int, completion_tokens: int) -> None:
+    """Freeze a run's usage at what it had produced when it ended."""
+    UsageRecord.objects.filter(pk=record_id).update(
+        status=status,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        ended_at=timezone.now(),
+    )

@@ -1,0 +1,121 @@
+"""The chat reply flow: prompt → provider stream → token events → drift → `completed`."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+
+from llm.base import ChatMessage, CompletionRequest, Provider, ProviderError, Usage
+from runs.db import db
+from runs.events import Event
+
+from . import services
+from .scoring import score_text
+from .services import ReplyJob
+
+
+def build_reply_messages(job: ReplyJob) -> tuple[ChatMessage, ...]:
+    """System prompt, the history, the new message, then the post-history instructions."""
+    messages = [ChatMessage("system", job.system_prompt)]
+    for role, content in job.history:
+        messages.append(ChatMessage("assistant" if role == "assistant" else "user", content))
+    messages.append(ChatMessage("user", job.user_content))
+    if job.post_history_instructions:
+        messages.append(ChatMessage("system", job.post_history_instructions))
+    return tuple(messages)
+
+
+def reply_request(job: ReplyJob) -> CompletionRequest:
+    return CompletionRequest(
+        messages=build_reply_messages(job),
+        purpose="chat_reply",
+        context={
+            "persona": {
+                "id": job.persona_id,
+                "name": job.persona_name,
+                "lines": job.anchor_texts,
+                "catchphrases": job.catchphrases,
+            },
+            "user_message": job.user_content,
+            "turn": job.turn,
+        },
+        max_tokens=1024,
+    )
+
+
+async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Event]:
+    """Stream one assistant reply; keep what was produced whatever ends it."""
+    yield Event("message.started", {"messageId": job.assistant_message_id, "userMessageId": job.user_message_id})
+    usage = Usage()
+    parts: list[str] = []
+    finished = False
+    stop_status, error = "failed", ""
+    flush_every = settings.MOONBORN_PROGRESS_FLUSH_SECONDS
+    last_flush = time.monotonic()
+    stream = provider.stream(reply_request(job), usage)
+    try:
+        async for delta in stream:
+            if not delta:
+                continue
+            parts.append(delta)
+            yield Event("token", {"delta": delta})
+            # Partial content reaches the database on a timer, never once per token.
+            if time.monotonic() - last_flush >= flush_every:
+                await db(services.message_progress, message_id=job.assistant_message_id, content="".join(parts))
+                last_flush = time.monotonic()
+        content = "".join(parts)
+        result = await asyncio.to_thread(
+            score_text,
+            content,
+            anchor_vectors=job.anchor_vectors,
+            calibration=job.calibration,
+            persona_name=job.persona_name,
+        )
+        # Rounded once, so the event and the stored row carry the same figures.
+        score, threshold = round(result.score, 4), round(result.threshold, 4)
+        await db(
+            services.message_complete,
+            message_id=job.assistant_message_id,
+            content=content,
+            drift_score=score,
+            drift_threshold=threshold,
+            flagged=result.flagged,
+            drift_components=result.components,
+            usage_id=job.usage_id,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+        )
+        finished = True
+        yield Event(
+            "completed",
+            {
+                "messageId": job.assistant_message_id,
+                "driftScore": score,
+                "driftThreshold": threshold,
+                "drifted": result.flagged,
+            },
+        )
+    except asyncio.CancelledError:
+        stop_status, error = "cancelled", "Cancelled."
+        raise
+    except ProviderError as exc:
+        error = str(exc)
+        raise
+    except Exception as exc:
+        error = f"Internal error: {type(exc).__name__}"
+        raise
+    finally:
+        # Closing the provider's stream closes its upstream request: billing stops here.
+        await stream.aclose()  # type: ignore[attr-defined]
+        if not finished:
+            await db(
+                services.message_stop,
+                message_id=job.assistant_message_id,
+                content="".join(parts),
+                status=stop_status,
+                error=error,
+                usage_id=job.usage_id,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )

@@ -1,0 +1,51 @@
+from rest_framework import serializers
+
+from moonborn_site.http import StrictCharField
+
+from .models import ChatSession, Message
+
+
+class SessionCreateSerializer(serializers.Serializer):
+    persona_id = StrictCharField(min_length=1, max_length=40)
+    title = StrictCharField(required=False, allow_blank=True, max_length=200, default="")
+
+
+class MessageCreateSerializer(serializers.Serializer):
+    content = StrictCharField(min_length=1, max_length=8000, trim_whitespace=False)
+
+    def validate_content(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("This field may not be blank.")
+        return value
+
+
+class ChatSessionSerializer(serializers.ModelSerializer):
+    persona_id = serializers.CharField(read_only=True)
+    persona_name = serializers.CharField(source="persona.name", read_only=True)
+
+    class Meta:
+        model = ChatSession
+        fields = ["id", "persona_id", "persona_name", "title", "drift_ewma", "created_at", "updated_at"]
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    session_id = serializers.CharField(read_only=True)
+    drifted = serializers.BooleanField(source="flagged", read_only=True)
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "session_id",
+            "index",
+            "role",
+            "content",
+            "status",
+            "model",
+            "drift_score",
+            "drift_threshold",
+            "drifted",
+            "error",
+            "created_at",
+            "completed_at",
+        ]

@@ -1,0 +1,163 @@
+"""Writes for chat sessions and messages."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from accounts.models import UsageRecord
+from personas.models import Persona
+
+from .models import ChatSession, Message
+
+# Weight of the newest reply in a session's drift average.
+EWMA_WEIGHT = 0.3
+# How many earlier messages go into the model's context.
+HISTORY_LIMIT = 40
+
+
+class ChatConflict(Exception):
+    """The session or persona is in a state that does not allow the action."""
+
+
+def chat_session_create(*, owner_id: int, persona_id: str, title: str = "") -> ChatSession:
+    """Open a session with one of the owner's `ready` personas. Raises Persona.DoesNotExist, ChatConflict."""
+    persona = Persona.objects.get(owner_id=owner_id, pk=persona_id)
+    if persona.status != Persona.Status.READY:
+        raise ChatConflict(f"Persona {persona.id} is {persona.status}; chats need a ready persona.")
+    return ChatSession.objects.create(owner_id=owner_id, persona=persona, title=title)
+
+
+@dataclass(frozen=True)
+class ReplyJob:
+    """Everything a reply run needs, read once before it starts."""
+
+    session_id: str
+    user_message_id: str
+    assistant_message_id: str
+    usage_id: int
+    turn: int
+    persona_id: str
+    persona_name: str
+    system_prompt: str
+    post_history_instructions: str
+    history: tuple[tuple[str, str], ...]
+    user_content: str
+    anchor_texts: tuple[str, ...]
+    catchphrases: tuple[str, ...]
+    anchor_vectors: bytes
+    calibration: dict[str, Any]
+    drift_threshold: float | None
+
+
+@transaction.atomic
+def message_create_turn(*, owner_id: int, session_id: str, content: str, provider: str, model: str) -> ReplyJob:
+    """Store the user's message and an empty streaming assistant reply; return the reply's job.
+
+    Raises ChatSession.DoesNotExist (404) or ChatConflict (409).
+    """
+    session = ChatSession.objects.select_for_update().select_related("persona").get(owner_id=owner_id, pk=session_id)
+    persona = session.persona
+    if persona.status != Persona.Status.READY:
+        raise ChatConflict(f"Persona {persona.id} is {persona.status}; chats need a ready persona.")
+    if session.messages.filter(status=Message.Status.STREAMING).exists():
+        raise ChatConflict("A reply is still being generated in this session; wait for it or cancel it.")
+    last = session.messages.aggregate(last=Max("index"))["last"]
+    index = 0 if last is None else last + 1
+    earlier = list(
+        session.messages.exclude(content="").order_by("-index").values_list("role", "content")[:HISTORY_LIMIT]
+    )
+    user = Message.objects.create(session=session, index=index, role=Message.Role.USER, content=content)
+    reply = Message.objects.create(
+        session=session, index=index + 1, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, model=model
+    )
+    usage = UsageRecord.objects.create(
+        owner_id=owner_id, kind=UsageRecord.Kind.CHAT, run_id=reply.id, provider=provider, model=model
+    )
+    ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
+    voice: dict[str, Any] = next((s.output for s in persona.steps.all() if s.name == "voice_print"), {})
+    return ReplyJob(
+        session_id=session.id,
+        user_message_id=user.id,
+        assistant_message_id=reply.id,
+        usage_id=usage.id,
+        turn=index // 2,
+        persona_id=persona.id,
+        persona_name=persona.name,
+        system_prompt=persona.system_prompt,
+        post_history_instructions=persona.post_history_instructions,
+        history=tuple(reversed(earlier)),
+        user_content=content,
+        anchor_texts=tuple(persona.drift_anchors),
+        catchphrases=tuple(voice.get("catchphrases") or ()),
+        anchor_vectors=bytes(persona.anchor_vectors),
+        calibration=persona.calibration,
+        drift_threshold=persona.drift_threshold,
+    )
+
+
+def message_progress(*, message_id: str, content: str) -> None:
+    """Save the partial content of a reply that is still streaming."""
+    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(content=content)
+
+
+@transaction.atomic
+def message_complete(
+    *,
+    message_id: str,
+    content: str,
+    drift_score: float,
+    drift_threshold: float,
+    flagged: bool,
+    drift_components: dict[str, Any],
+    usage_id: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> None:
+    """Store a finished reply with its drift score, update the session's drift average and usage."""
+    message = Message.objects.select_related("session").get(pk=message_id)
+    message.content = content
+    message.status = Message.Status.COMPLETED
+    message.drift_score = drift_score
+    message.drift_threshold = drift_threshold
+    message.flagged = flagged
+    message.drift_components = drift_components
+    message.completed_at = timezone.now()
+    message.save()
+    session = message.session
+    previous = session.drift_ewma
+    session.drift_ewma = drift_score if previous is None else EWMA_WEIGHT * drift_score + (1 - EWMA_WEIGHT) * previous
+    session.save(update_fields=["drift_ewma", "updated_at"])
+    UsageRecord.objects.filter(pk=usage_id).update(
+        status=UsageRecord.Status.COMPLETED,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        ended_at=timezone.now(),
+    )
+
+
+@transaction.atomic
+def message_stop(
+    *,
+    message_id: str,
+    content: str,
+    status: str,
+    error: str,
+    usage_id: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> None:
+    """End a reply that did not finish (`cancelled` or `failed`), keeping what it had produced."""
+    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
+        content=content, status=status, error=error, completed_at=timezone.now()
+    )
+    UsageRecord.objects.filter(pk=usage_id).update(
+        status=status, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, ended_at=timezone.now()
+    )
+
+
+def chat_session_delete(*, owner_id: int, session_id: str) -> bool:
+    deleted, _ = ChatSession.objects.filter(owner_id=owner_id, pk=session_id).delete()
+    return deleted > 0

@@ -1,0 +1,131 @@
+"""Chat endpoints that start, follow or stop a reply run (async)."""
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+
+from llm.providers import get_provider
+from moonborn_site.api import json_response
+from moonborn_site.http import (
+    ApiError,
+    async_api_view,
+    last_event_id,
+    on_disconnect,
+    read_json_object,
+    validate,
+    wants_stream,
+)
+from runs.db import db
+from runs.hub import OnDisconnect, get_hub
+from runs.sse import sse_response
+from runs.streaming import check_capacity, raise_for_outcome, run_outcome, sse_frames
+
+from . import services
+from .models import ChatSession, Message
+from .replies import generate_reply
+from .serializers import MessageCreateSerializer
+from .views import message_json
+
+
+def _location(session_id: str, message_id: str) -> str:
+    return f"/v1/chat/sessions/{session_id}/messages/{message_id}"
+
+
+async def _owned_message(owner_id: int, session_id: str, message_id: str) -> dict[str, object]:
+    try:
+        return await db(message_json, owner_id=owner_id, session_id=session_id, message_id=message_id)
+    except Message.DoesNotExist:
+        raise ApiError(404, f"No message {message_id} in chat session {session_id}.") from None
+
+
+@async_api_view
+async def message_create(request: HttpRequest, user: AbstractBaseUser, session_id: str) -> HttpResponseBase:
+    """`POST /v1/chat/sessions/{id}/messages`: store the message and stream (or return) the reply."""
+    data = validate(MessageCreateSerializer, read_json_object(request))
+    stream = wants_stream(request)
+    policy = on_disconnect(request, OnDisconnect.CANCEL)
+    hub = get_hub()
+    check_capacity(hub, user.pk)
+    provider = get_provider()
+    try:
+        job = await db(
+            services.message_create_turn,
+            owner_id=user.pk,
+            session_id=session_id,
+            content=data["content"],
+            provider=provider.name,
+            model=provider.model,
+        )
+    except ChatSession.DoesNotExist:
+        raise ApiError(404, f"No chat session {session_id}.") from None
+    except services.ChatConflict as exc:
+        raise ApiError(409, str(exc), code="conflict") from None
+    run_id = job.assistant_message_id
+    hub.start(run_id, owner_id=user.pk, flow=generate_reply(job, provider), on_disconnect=policy)
+    location = _location(session_id, run_id)
+    if stream:
+        return sse_response(sse_frames(hub, run_id, after=0, on_disconnect=policy), location=location)
+    raise_for_outcome(await run_outcome(hub, run_id, on_disconnect=policy))
+    message = await _owned_message(user.pk, session_id, run_id)
+    body = {
+        "message_id": message["id"],
+        "user_message_id": job.user_message_id,
+        "session_id": session_id,
+        "content": message["content"],
+        "status": message["status"],
+        "model": message["model"],
+        "drift_score": message["drift_score"],
+        "drift_threshold": message["drift_threshold"],
+        "drifted": message["drifted"],
+        "created_at": message["created_at"],
+        "completed_at": message["completed_at"],
+    }
+    response = json_response(body, 201)
+    response["Location"] = location
+    return response
+
+
+@async_api_view
+async def message_events(
+    request: HttpRequest, user: AbstractBaseUser, session_id: str, message_id: str
+) -> HttpResponseBase:
+    """`GET …/messages/{id}/events`: replay after `Last-Event-ID`, then follow live; 204 when over."""
+    after = last_event_id(request)
+    policy = on_disconnect(request, None)
+    await _owned_message(user.pk, session_id, message_id)
+    hub = get_hub()
+    if hub.owner_of(message_id) != user.pk or (hub.is_done(message_id) and after >= hub.last_event_id(message_id)):
+        return HttpResponse(status=204)
+    return sse_response(
+        sse_frames(hub, message_id, after=after, on_disconnect=policy), location=_location(session_id, message_id)
+    )
+
+
+@async_api_view
+async def message_cancel(
+    request: HttpRequest, user: AbstractBaseUser, session_id: str, message_id: str
+) -> HttpResponseBase:
+    """`POST …/messages/{id}/cancel`: stop the reply, keep what it produced, answer the message."""
+    await _owned_message(user.pk, session_id, message_id)
+    hub = get_hub()
+    if hub.owner_of(message_id) == user.pk:
+        await hub.cancel(message_id)
+    return json_response(await _owned_message(user.pk, session_id, message_id))
+
+
+@async_api_view
+async def session_delete(request: HttpRequest, user: AbstractBaseUser, session_id: str) -> HttpResponseBase:
+    """`DELETE /v1/chat/sessions/{id}`: stop a reply in progress, then delete the session."""
+    streaming = await db(
+        lambda: list(
+            Message.objects.filter(
+                session__owner_id=user.pk, session_id=session_id, status=Message.Status.STREAMING
+            ).values_list("id", flat=True)
+        )
+    )
+    hub = get_hub()
+    for message_id in streaming:
+        if hub.owner_of(message_id) == user.pk:
+            await hub.cancel(message_id)
+    if not await db(services.chat_session_delete, owner_id=user.pk, session_id=session_id):
+        raise ApiError(404, f"No chat session {session_id}.")
+    return HttpResponse(status=204)

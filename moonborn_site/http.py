@@ -1,0 +1,149 @@
+"""Request parsing and the wrapper shared by the async (SSE) API views."""
+
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, overload
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponseBase
+from django.views.decorators.csrf import csrf_exempt
+from djangorestframework_camel_case.util import underscoreize
+from rest_framework import serializers
+
+from accounts.auth import authenticate
+from runs.hub import OnDisconnect
+
+from .api import error_response
+
+P = ParamSpec("P")
+
+
+class ApiError(Exception):
+    """An error answered with a real HTTP status and the JSON error body."""
+
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.details = details
+        self.headers: dict[str, str] = {}
+
+
+def read_json_object(request: HttpRequest) -> dict[str, Any]:
+    """Parse the body as a JSON object with snake_case keys; 400 or 413 otherwise."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    try:
+        declared = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        declared = 0
+    if limit is not None and declared > limit:
+        raise ApiError(413, f"The request body is larger than {limit} bytes.")
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        raise ApiError(413, f"The request body is larger than {limit} bytes.") from None
+    if limit is not None and len(body) > limit:
+        raise ApiError(413, f"The request body is larger than {limit} bytes.")
+    if not body.strip():
+        raise ApiError(400, "The request body must be a JSON object.")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"Malformed JSON: {exc}.", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"The request body must be a JSON object, not {type(data).__name__}.")
+    return underscoreize(data)
+
+
+def validate(serializer_class: type[serializers.Serializer], data: dict[str, Any]) -> dict[str, Any]:
+    """Validate with a DRF serializer (no database); 400 with the field errors otherwise."""
+    serializer = serializer_class(data=data)
+    if not serializer.is_valid():
+        from .api import _camel
+
+        details = {_camel(k): v for k, v in serializer.errors.items()}
+        field, errors = next(iter(details.items()))
+        text = errors[0] if isinstance(errors, list) and errors else errors
+        raise ApiError(400, f"{field}: {text}", details=details)
+    return dict(serializer.validated_data)
+
+
+def wants_stream(request: HttpRequest) -> bool:
+    """SSE for `?stream=true` or `Accept: text/event-stream`; JSON when Accept is only JSON."""
+    stream = request.GET.get("stream")
+    if stream is not None and stream.lower() not in ("true", "false", "1", "0"):
+        raise ApiError(400, "stream must be true or false.")
+    accept = request.headers.get("Accept", "")
+    types = {part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()}
+    if types == {"application/json"}:
+        return False
+    if stream is not None:
+        return stream.lower() in ("true", "1")
+    return "text/event-stream" in types
+
+
+@overload
+def on_disconnect(request: HttpRequest, default: OnDisconnect) -> OnDisconnect: ...
+
+
+@overload
+def on_disconnect(request: HttpRequest, default: None) -> OnDisconnect | None: ...
+
+
+def on_disconnect(request: HttpRequest, default: OnDisconnect | None) -> OnDisconnect | None:
+    """The `?on_disconnect=cancel|continue` policy of this request, else `default`."""
+    value = request.GET.get("on_disconnect")
+    if value is None:
+        return default
+    try:
+        return OnDisconnect(value)
+    except ValueError:
+        raise ApiError(400, "on_disconnect must be cancel or continue.") from None
+
+
+def last_event_id(request: HttpRequest) -> int:
+    """The id after which a follower resumes: `Last-Event-ID` header or `?lastEventId=`."""
+    value = request.headers.get("Last-Event-ID") or request.GET.get("lastEventId") or "0"
+    if not value.strip().isdigit():
+        raise ApiError(400, "Last-Event-ID must be a non-negative integer event id.")
+    return int(value.strip())
+
+
+AsyncApiView = Callable[Concatenate[HttpRequest, AbstractBaseUser, P], Awaitable[HttpResponseBase]]
+
+
+def async_api_view(view: AsyncApiView[P]) -> Callable[Concatenate[HttpRequest, P], Awaitable[HttpResponseBase]]:
+    """Authenticate (401), then call `view(request, user, …)`; an ApiError becomes its JSON error."""
+
+    @functools.wraps(view)
+    async def wrapper(request: HttpRequest, *args: P.args, **kwargs: P.kwargs) -> HttpResponseBase:
+        user = await authenticate(request)
+        if isinstance(user, str):
+            return error_response(403, user, code="csrf_failed")
+        if user is None:
+            return error_response(401)
+        try:
+            return await view(request, user, *args, **kwargs)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.message, code=exc.code, details=exc.details)
+            for name, value in exc.headers.items():
+                response[name] = value
+            return response
+
+    # Session requests are CSRF-checked inside authenticate(); API-key requests need no CSRF.
+    return csrf_exempt(wrapper)
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses numbers and booleans instead of turning them into strings."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)

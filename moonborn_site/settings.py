@@ -1,0 +1,138 @@
+"""Moonborn settings: one file, every knob read from the environment (see .env.example)."""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DJANGO_DEBUG", default=True)
+SECRET_KEY = env.str(
+    "DJANGO_SECRET_KEY",
+    # Only good for a local development server; production sets DJANGO_SECRET_KEY.
+    default="insecure-moonborn-development-key-change-me-in-production",
+)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    # First, so `manage.py runserver` serves ASGI (and therefore streams).
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "accounts",
+    "runs",
+    "llm",
+    "personas",
+    "chat",
+]
+
+MIDDLEWARE = [
+    # Outermost: turns every error response under /v1/ into the JSON error body of api.md.
+    "moonborn_site.middleware.ApiErrorMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # No GZipMiddleware: it would compress text/event-stream. Compress JSON at the proxy if wanted.
+]
+
+ROOT_URLCONF = "moonborn_site.urls"
+ASGI_APPLICATION = "moonborn_site.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+# Streams hold no connection: each short write opens and closes its own.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Short writes from several threads at once: wait for the lock instead of failing at once.
+    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LOGIN_URL = "/admin/login/"
+
+# Request bodies: the largest valid body is a chat message of 8000 characters (up to 4 bytes each).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MOONBORN_MAX_BODY_BYTES", default=64 * 1024)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.auth.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["djangorestframework_camel_case.render.CamelCaseJSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["djangorestframework_camel_case.parser.CamelCaseJSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "moonborn_site.api.NewestFirstCursorPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "moonborn_site.api.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("MOONBORN_LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- Moonborn (api.md, "Operations") ---
+REDIS_URL = env.str("REDIS_URL", default="")
+MOONBORN_LLM_PROVIDER = env.str("MOONBORN_LLM_PROVIDER", default="demo")
+MOONBORN_LLM_MODEL = env.str("MOONBORN_LLM_MODEL", default="")
+MOONBORN_LLM_BASE_URL = env.str("MOONBORN_LLM_BASE_URL", default="")
+MOONBORN_LLM_API_KEY = env.str("MOONBORN_LLM_API_KEY", default="")
+MOONBORN_LLM_TIMEOUT_SECONDS = env.float("MOONBORN_LLM_TIMEOUT_SECONDS", default=120.0)
+MOONBORN_DEMO_DELAY_MS = env.float("MOONBORN_DEMO_DELAY_MS", default=30.0)
+MOONBORN_DEMO_REPLY_TOKENS = env.int("MOONBORN_DEMO_REPLY_TOKENS", default=80)
+# Demo provider fault injection for tests and benchmarks: fail a chat reply after this many tokens.
+MOONBORN_DEMO_FAIL_AFTER_TOKENS = env.int("MOONBORN_DEMO_FAIL_AFTER_TOKENS", default=-1)
+MOONBORN_EMBEDDINGS = env.str("MOONBORN_EMBEDDINGS", default="local")
+MOONBORN_SSE_HEARTBEAT_SECONDS = env.float("MOONBORN_SSE_HEARTBEAT_SECONDS", default=15.0)
+MOONBORN_SSE_WRITE_TIMEOUT_SECONDS = env.float("MOONBORN_SSE_WRITE_TIMEOUT_SECONDS", default=60.0)
+MOONBORN_EVENT_RETENTION_SECONDS = env.float("MOONBORN_EVENT_RETENTION_SECONDS", default=600.0)
+MOONBORN_MAX_STREAMS_PER_KEY = env.int("MOONBORN_MAX_STREAMS_PER_KEY", default=20)
+# Partial reply content is written to the database at most this often while a reply streams.
+MOONBORN_PROGRESS_FLUSH_SECONDS = env.float("MOONBORN_PROGRESS_FLUSH_SECONDS", default=1.0)

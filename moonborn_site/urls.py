@@ -1,0 +1,49 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import TemplateView
+
+from accounts.views import usage_list
+from chat import streams as chat_streams
+from chat import views as chat_views
+from personas import streams as persona_streams
+from personas import views as persona_views
+
+from .routing import by_method
+
+api = [
+    path("personas", by_method(get=persona_views.persona_list, post=persona_streams.persona_create)),
+    path(
+        "personas/<str:persona_id>",
+        by_method(get=persona_views.persona_detail, delete=persona_streams.persona_delete),
+    ),
+    path("personas/<str:persona_id>/events", by_method(get=persona_streams.persona_events)),
+    path("personas/<str:persona_id>/cancel", by_method(post=persona_streams.persona_cancel)),
+    path("chat/sessions", by_method(get=chat_views.session_list, post=chat_views.session_list)),
+    path(
+        "chat/sessions/<str:session_id>",
+        by_method(get=chat_views.session_detail, delete=chat_streams.session_delete),
+    ),
+    path(
+        "chat/sessions/<str:session_id>/messages",
+        by_method(get=chat_views.message_list, post=chat_streams.message_create),
+    ),
+    path(
+        "chat/sessions/<str:session_id>/messages/<str:message_id>",
+        by_method(get=chat_views.message_detail),
+    ),
+    path(
+        "chat/sessions/<str:session_id>/messages/<str:message_id>/events",
+        by_method(get=chat_streams.message_events),
+    ),
+    path(
+        "chat/sessions/<str:session_id>/messages/<str:message_id>/cancel",
+        by_method(post=chat_streams.message_cancel),
+    ),
+    path("usage", by_method(get=usage_list)),
+]
+
+urlpatterns = [
+    path("", TemplateView.as_view(template_name="home.html"), name="home"),
+    path("admin/", admin.site.urls),
+    path("v1/", include(api)),
+]

@@ -1,0 +1,74 @@
+from django.conf import settings
+from django.db import models
+
+from moonborn_site.ids import new_persona_id
+
+STEP_NAMES = ("soul_draft", "lore_weave", "psyche_profile", "voice_print", "dialogue_seed", "card_compile")
+
+
+class Persona(models.Model):
+    """A character card, the prompt it came from, its generation record and drift calibration."""
+
+    class Status(models.TextChoices):
+        GENERATING = "generating"
+        READY = "ready"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    id = models.CharField(primary_key=True, max_length=40, default=new_persona_id, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="personas")
+    prompt = models.TextField()
+    name = models.CharField(max_length=200, blank=True)
+    requested_model = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.GENERATING, db_index=True)
+    # Character Card V2/V3 `data` fields (name, description, personality, first_mes, …).
+    card = models.JSONField(default=dict, blank=True)
+    system_prompt = models.TextField(blank=True)
+    post_history_instructions = models.TextField(blank=True)
+    # Texts the drift scorer measures replies against, and their embeddings (float32, row-major).
+    drift_anchors = models.JSONField(default=list, blank=True)
+    anchor_vectors = models.BinaryField(blank=True, default=b"")
+    embedding_model = models.CharField(max_length=100, blank=True)
+    drift_threshold = models.FloatField(null=True, blank=True)
+    calibration = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name or self.id
+
+
+class PersonaStep(models.Model):
+    """One of the six pipeline steps of a persona: its output, model and duration."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    persona = models.ForeignKey(Persona, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=32, choices=[(n, n) for n in STEP_NAMES])
+    position = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    output = models.JSONField(default=dict, blank=True)
+    raw_output = models.TextField(blank=True)
+    # Fields the parser had to fill from earlier steps because the model's answer lacked them.
+    fallback_fields = models.JSONField(default=list, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [models.UniqueConstraint(fields=["persona", "name"], name="unique_step_per_persona")]
+
+    def __str__(self) -> str:
+        return f"{self.persona_id} {self.name}"

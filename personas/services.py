@@ -1,0 +1,130 @@
+"""Writes for personas and their pipeline steps."""
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Avg, Count, Q, QuerySet
+from django.utils import timezone
+
+from accounts.models import UsageRecord
+
+from .models import Persona, PersonaStep
+
+
+class PersonaConflict(Exception):
+    """The persona is in a state that does not allow the action."""
+
+
+def persona_queryset(*, owner_id: int) -> QuerySet[Persona]:
+    """The owner's personas with their steps and the drift statistics of their chats."""
+    replies = Q(chat_sessions__messages__role="assistant", chat_sessions__messages__drift_score__isnull=False)
+    return (
+        Persona.objects.filter(owner_id=owner_id)
+        .prefetch_related("steps")
+        .annotate(
+            reply_count=Count("chat_sessions__messages", filter=replies),
+            mean_drift=Avg("chat_sessions__messages__drift_score", filter=replies),
+            flagged_count=Count("chat_sessions__messages", filter=replies & Q(chat_sessions__messages__flagged=True)),
+        )
+    )
+
+
+@transaction.atomic
+def persona_create(
+    *, owner_id: int, prompt: str, name: str, requested_model: str, provider: str, model: str
+) -> tuple[Persona, UsageRecord]:
+    """Create a persona in `generating` state and the usage record of its generation."""
+    persona = Persona.objects.create(owner_id=owner_id, prompt=prompt, name=name, requested_model=requested_model)
+    usage = UsageRecord.objects.create(
+        owner_id=owner_id, kind=UsageRecord.Kind.PERSONA, run_id=persona.id, provider=provider, model=model
+    )
+    return persona, usage
+
+
+def persona_step_start(*, persona_id: str, name: str, position: int, model: str) -> None:
+    PersonaStep.objects.update_or_create(
+        persona_id=persona_id,
+        name=name,
+        defaults={"position": position, "status": PersonaStep.Status.RUNNING, "model": model},
+    )
+
+
+def persona_step_complete(
+    *,
+    persona_id: str,
+    name: str,
+    output: dict[str, Any],
+    raw_output: str,
+    fallback_fields: list[str],
+    duration_ms: int,
+) -> None:
+    PersonaStep.objects.filter(persona_id=persona_id, name=name).update(
+        status=PersonaStep.Status.COMPLETED,
+        output=output,
+        raw_output=raw_output,
+        fallback_fields=fallback_fields,
+        duration_ms=duration_ms,
+        completed_at=timezone.now(),
+    )
+
+
+@transaction.atomic
+def persona_finish(
+    *,
+    persona_id: str,
+    card: dict[str, Any],
+    system_prompt: str,
+    post_history_instructions: str,
+    drift_anchors: list[str],
+    anchor_vectors: bytes,
+    embedding_model: str,
+    drift_threshold: float,
+    calibration: dict[str, Any],
+    duration_ms: int,
+    usage_id: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> None:
+    """Store the finished card and calibration and mark the persona `ready`."""
+    Persona.objects.filter(pk=persona_id).update(
+        status=Persona.Status.READY,
+        name=card.get("name") or "",
+        card=card,
+        system_prompt=system_prompt,
+        post_history_instructions=post_history_instructions,
+        drift_anchors=drift_anchors,
+        anchor_vectors=anchor_vectors,
+        embedding_model=embedding_model,
+        drift_threshold=drift_threshold,
+        calibration=calibration,
+        duration_ms=duration_ms,
+        completed_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    UsageRecord.objects.filter(pk=usage_id).update(
+        status=UsageRecord.Status.COMPLETED,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        ended_at=timezone.now(),
+    )
+
+
+@transaction.atomic
+def persona_stop(
+    *, persona_id: str, status: str, error: str, usage_id: int, prompt_tokens: int, completion_tokens: int
+) -> None:
+    """End a generation that did not finish (`failed` or `cancelled`), keeping the steps it made."""
+    Persona.objects.filter(pk=persona_id, status=Persona.Status.GENERATING).update(
+        status=status, error=error, completed_at=timezone.now(), updated_at=timezone.now()
+    )
+    PersonaStep.objects.filter(persona_id=persona_id, status=PersonaStep.Status.RUNNING).update(
+        status=status, completed_at=timezone.now()
+    )
+    UsageRecord.objects.filter(pk=usage_id).update(
+        status=status, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, ended_at=timezone.now()
+    )
+
+
+def persona_delete(*, owner_id: int, persona_id: str) -> bool:
+    deleted, _ = Persona.objects.filter(owner_id=owner_id, pk=persona_id).delete()
+    return deleted > 0

@@ -1,0 +1,100 @@
+"""Persona endpoints that start, follow or stop a generation run (async)."""
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+
+from llm.providers import get_provider
+from moonborn_site.api import json_response
+from moonborn_site.http import (
+    ApiError,
+    async_api_view,
+    last_event_id,
+    on_disconnect,
+    read_json_object,
+    validate,
+    wants_stream,
+)
+from runs.db import db
+from runs.hub import OnDisconnect, get_hub
+from runs.sse import sse_response
+from runs.streaming import check_capacity, raise_for_outcome, run_outcome, sse_frames
+
+from . import services
+from .models import Persona
+from .pipeline import PipelineInput, generate_persona
+from .serializers import PersonaCreateSerializer
+from .views import persona_json
+
+
+def _location(persona_id: str) -> str:
+    return f"/v1/personas/{persona_id}"
+
+
+async def _owned_persona_json(owner_id: int, persona_id: str) -> dict[str, object]:
+    try:
+        return await db(persona_json, owner_id=owner_id, persona_id=persona_id)
+    except Persona.DoesNotExist:
+        raise ApiError(404, f"No persona {persona_id}.") from None
+
+
+@async_api_view
+async def persona_create(request: HttpRequest, user: AbstractBaseUser) -> HttpResponseBase:
+    """`POST /v1/personas`: start the six-step pipeline; stream it, or answer 201 when it is done."""
+    data = validate(PersonaCreateSerializer, read_json_object(request))
+    stream = wants_stream(request)
+    policy = on_disconnect(request, OnDisconnect.CONTINUE)
+    hub = get_hub()
+    check_capacity(hub, user.pk)
+    provider = get_provider()
+    persona, usage = await db(
+        services.persona_create,
+        owner_id=user.pk,
+        prompt=data["prompt"],
+        name=data["name"],
+        requested_model=data["model"],
+        provider=provider.name,
+        model=provider.model,
+    )
+    job = PipelineInput(persona_id=persona.id, usage_id=usage.id, prompt=persona.prompt, name_hint=persona.name)
+    hub.start(persona.id, owner_id=user.pk, flow=generate_persona(job, provider), on_disconnect=policy)
+    if stream:
+        return sse_response(sse_frames(hub, persona.id, after=0, on_disconnect=policy), location=_location(persona.id))
+    raise_for_outcome(await run_outcome(hub, persona.id, on_disconnect=policy))
+    response = json_response(await _owned_persona_json(user.pk, persona.id), 201)
+    response["Location"] = _location(persona.id)
+    return response
+
+
+@async_api_view
+async def persona_events(request: HttpRequest, user: AbstractBaseUser, persona_id: str) -> HttpResponseBase:
+    """`GET /v1/personas/{id}/events`: replay after `Last-Event-ID`, then follow live; 204 when over."""
+    after = last_event_id(request)
+    policy = on_disconnect(request, None)
+    exists = await db(Persona.objects.filter(owner_id=user.pk, pk=persona_id).exists)
+    if not exists:
+        raise ApiError(404, f"No persona {persona_id}.")
+    hub = get_hub()
+    if hub.owner_of(persona_id) != user.pk or (hub.is_done(persona_id) and after >= hub.last_event_id(persona_id)):
+        return HttpResponse(status=204)
+    return sse_response(sse_frames(hub, persona_id, after=after, on_disconnect=policy), location=_location(persona_id))
+
+
+@async_api_view
+async def persona_cancel(request: HttpRequest, user: AbstractBaseUser, persona_id: str) -> HttpResponseBase:
+    """`POST /v1/personas/{id}/cancel`: stop the generation; answer the persona as it now is."""
+    await _owned_persona_json(user.pk, persona_id)
+    hub = get_hub()
+    if hub.owner_of(persona_id) == user.pk:
+        await hub.cancel(persona_id)
+    return json_response(await _owned_persona_json(user.pk, persona_id))
+
+
+@async_api_view
+async def persona_delete(request: HttpRequest, user: AbstractBaseUser, persona_id: str) -> HttpResponseBase:
+    """`DELETE /v1/personas/{id}`: stop any generation, then delete the persona and its chats."""
+    await _owned_persona_json(user.pk, persona_id)
+    hub = get_hub()
+    if hub.owner_of(persona_id) == user.pk:
+        await hub.cancel(persona_id)
+    await db(services.persona_delete, owner_id=user.pk, persona_id=persona_id)
+    return HttpResponse(status=204)

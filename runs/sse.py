@@ -1,0 +1,34 @@
+"""The one place Server-Sent Events frames are written (api.md, "Streaming envelope")."""
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.http import StreamingHttpResponse
+
+# The stream's first line; no blank line follows it, so clients dispatch no phantom event.
+RETRY = b"retry: 3000\n"
+# A comment and a single newline: a blank line after it would make clients dispatch an empty event.
+HEARTBEAT = b": heartbeat\n"
+
+_SAFE_EVENT = re.compile(r"^[a-z][a-z0-9_.]*$")
+
+
+def encode_event(event_id: int, event_type: str, data: dict[str, Any]) -> bytes:
+    """Encode one frame: `id`, `event`, one line of compact JSON, blank line."""
+    if not _SAFE_EVENT.match(event_type):
+        raise ValueError(f"unsafe SSE event type: {event_type!r}")
+    # json.dumps escapes control characters, so the payload can never contain a raw newline.
+    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"id: {int(event_id)}\nevent: {event_type}\ndata: {payload}\n\n".encode()
+
+
+def sse_response(frames: AsyncIterator[bytes], *, location: str) -> StreamingHttpResponse:
+    """Wrap an async iterator of ready-encoded frames in a streaming response with api.md's headers."""
+    response = StreamingHttpResponse(frames, content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    response["Location"] = location
+    response["Vary"] = "Accept"
+    return response

@@ -1,0 +1,49 @@
+"""Model factories for tests that work in-process with the database."""
+
+import factory
+from django.contrib.auth import get_user_model
+
+from chat.models import ChatSession, Message
+from personas.models import Persona
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+
+    username = factory.Sequence(lambda n: f"user{n}")
+
+
+class PersonaFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Persona
+
+    owner = factory.SubFactory(UserFactory)
+    prompt = "A retired lighthouse keeper on a windy northern island"
+    name = factory.Sequence(lambda n: f"Persona {n}")
+    status = Persona.Status.READY
+    system_prompt = factory.LazyAttribute(lambda p: f"You are {p.name}.")
+    drift_threshold = 0.95
+
+
+class ChatSessionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ChatSession
+
+    persona = factory.SubFactory(PersonaFactory)
+    owner = factory.LazyAttribute(lambda s: s.persona.owner)
+
+
+class MessageFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Message
+
+    session = factory.SubFactory(ChatSessionFactory)
+    index = factory.Sequence(lambda n: n)
+    role = Message.Role.ASSISTANT
+    content = "Aye, the lamp's been lit every night for forty years."
+    status = Message.Status.COMPLETED
+    drift_score = 0.2
+    drift_threshold = 0.95
+    flagged = False
