@@ -11,7 +11,7 @@ from runs.db import db
 from runs.events import Event
 
 from . import services
-from .scoring import score_text
+from .scoring import score_record, score_text
 from .services import ReplyJob
 
 
@@ -81,7 +81,7 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
             drift_score=score,
             drift_threshold=threshold,
             flagged=result.flagged,
-            drift_components=result.components,
+            drift_components=score_record(result, job.calibration),
             usage_id=job.usage_id,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,

@@ -54,6 +54,17 @@ def score_text(text: str, *, anchor_vectors: bytes, calibration: dict[str, Any],
     )
 
 
+def score_record(result: DriftResult, calibration: dict[str, Any]) -> dict[str, Any]:
+    """What is stored with a score: its components, the rule that decided it, the model and calibration."""
+    return {
+        "components": result.components,
+        "rule": result.rule,
+        "hard_rule_hits": list(result.hard_rule_hits),
+        "embedding_model": get_embedder().model_id,
+        "calibration_version": calibration.get("version"),
+    }
+
+
 def warm_up() -> None:
     """Load the model and the generic-assistant vectors before the first request needs them."""
     _generic_vectors()

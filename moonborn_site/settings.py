@@ -90,7 +90,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
 
 # Request bodies: the largest valid body is a chat message of 8000 characters (up to 4 bytes each).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MOONBORN_MAX_BODY_BYTES", default=64 * 1024)

@@ -67,7 +67,6 @@ class RunHub(Protocol):
     async def wait(self, run_id: str) -> None: ...
 
 
-
 class InProcessHub:
     """The embedded default: runs and their logs live in this process's memory."""
 
