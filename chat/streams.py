@@ -17,7 +17,7 @@ from moonborn_site.http import (
 from runs.db import db
 from runs.hub import OnDisconnect, get_hub
 from runs.sse import sse_response
-from runs.streaming import check_capacity, raise_for_outcome, run_outcome, sse_frames
+from runs.streaming import cancel_owned, check_capacity, raise_for_outcome, resumable, run_outcome, sse_frames
 
 from . import services
 from .models import ChatSession, Message
@@ -44,7 +44,7 @@ async def message_create(request: HttpRequest, user: AbstractBaseUser, session_i
     stream = wants_stream(request)
     policy = on_disconnect(request, OnDisconnect.CANCEL)
     hub = get_hub()
-    check_capacity(hub, user.pk)
+    await check_capacity(hub, user.pk)
     provider = get_provider()
     try:
         job = await db(
@@ -60,7 +60,7 @@ async def message_create(request: HttpRequest, user: AbstractBaseUser, session_i
     except services.ChatConflict as exc:
         raise ApiError(409, str(exc), code="conflict") from None
     run_id = job.assistant_message_id
-    hub.start(run_id, owner_id=user.pk, flow=generate_reply(job, provider), on_disconnect=policy)
+    await hub.start(run_id, owner_id=user.pk, flow=generate_reply(job, provider), on_disconnect=policy)
     location = _location(session_id, run_id)
     if stream:
         return sse_response(sse_frames(hub, run_id, after=0, on_disconnect=policy), location=location)
@@ -93,7 +93,7 @@ async def message_events(
     policy = on_disconnect(request, None)
     await _owned_message(user.pk, session_id, message_id)
     hub = get_hub()
-    if hub.owner_of(message_id) != user.pk or (hub.is_done(message_id) and after >= hub.last_event_id(message_id)):
+    if not await resumable(hub, message_id, owner_id=user.pk, after=after):
         return HttpResponse(status=204)
     return sse_response(
         sse_frames(hub, message_id, after=after, on_disconnect=policy), location=_location(session_id, message_id)
@@ -106,9 +106,7 @@ async def message_cancel(
 ) -> HttpResponseBase:
     """`POST …/messages/{id}/cancel`: stop the reply, keep what it produced, answer the message."""
     await _owned_message(user.pk, session_id, message_id)
-    hub = get_hub()
-    if hub.owner_of(message_id) == user.pk:
-        await hub.cancel(message_id)
+    await cancel_owned(get_hub(), message_id, user.pk)
     return json_response(await _owned_message(user.pk, session_id, message_id))
 
 
@@ -122,10 +120,8 @@ async def session_delete(request: HttpRequest, user: AbstractBaseUser, session_i
             ).values_list("id", flat=True)
         )
     )
-    hub = get_hub()
     for message_id in streaming:
-        if hub.owner_of(message_id) == user.pk:
-            await hub.cancel(message_id)
+        await cancel_owned(get_hub(), message_id, user.pk)
     if not await db(services.chat_session_delete, owner_id=user.pk, session_id=session_id):
         raise ApiError(404, f"No chat session {session_id}.")
     return HttpResponse(status=204)

@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "llm",
     "personas",
     "chat",
+    "web",
 ]
 
 MIDDLEWARE = [
@@ -126,14 +127,30 @@ MOONBORN_LLM_MODEL = env.str("MOONBORN_LLM_MODEL", default="")
 MOONBORN_LLM_BASE_URL = env.str("MOONBORN_LLM_BASE_URL", default="")
 MOONBORN_LLM_API_KEY = env.str("MOONBORN_LLM_API_KEY", default="")
 MOONBORN_LLM_TIMEOUT_SECONDS = env.float("MOONBORN_LLM_TIMEOUT_SECONDS", default=120.0)
+# Provider credentials when MOONBORN_LLM_API_KEY is unset (the SDKs' own variable names).
+MOONBORN_OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+MOONBORN_ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
+# Further attempts of an upstream call that failed before its first token (never after it).
+MOONBORN_LLM_MAX_RETRIES = env.int("MOONBORN_LLM_MAX_RETRIES", default=2)
+# openai provider: ask for JSON-schema output in pipeline steps (dropped by itself if the server rejects it).
+MOONBORN_LLM_STRUCTURED_OUTPUT = env.bool("MOONBORN_LLM_STRUCTURED_OUTPUT", default=True)
 MOONBORN_DEMO_DELAY_MS = env.float("MOONBORN_DEMO_DELAY_MS", default=30.0)
 MOONBORN_DEMO_REPLY_TOKENS = env.int("MOONBORN_DEMO_REPLY_TOKENS", default=80)
 # Demo provider fault injection for tests and benchmarks: fail a chat reply after this many tokens.
 MOONBORN_DEMO_FAIL_AFTER_TOKENS = env.int("MOONBORN_DEMO_FAIL_AFTER_TOKENS", default=-1)
 MOONBORN_EMBEDDINGS = env.str("MOONBORN_EMBEDDINGS", default="local")
+# MOONBORN_EMBEDDINGS=openai: the embedding model and server (default: MOONBORN_LLM_BASE_URL for openai).
+MOONBORN_EMBEDDINGS_MODEL = env.str("MOONBORN_EMBEDDINGS_MODEL", default="text-embedding-3-small")
+MOONBORN_EMBEDDINGS_BASE_URL = env.str("MOONBORN_EMBEDDINGS_BASE_URL", default="")
 MOONBORN_SSE_HEARTBEAT_SECONDS = env.float("MOONBORN_SSE_HEARTBEAT_SECONDS", default=15.0)
 MOONBORN_SSE_WRITE_TIMEOUT_SECONDS = env.float("MOONBORN_SSE_WRITE_TIMEOUT_SECONDS", default=60.0)
 MOONBORN_EVENT_RETENTION_SECONDS = env.float("MOONBORN_EVENT_RETENTION_SECONDS", default=600.0)
 MOONBORN_MAX_STREAMS_PER_KEY = env.int("MOONBORN_MAX_STREAMS_PER_KEY", default=20)
+MOONBORN_REDIS_PREFIX = env.str("MOONBORN_REDIS_PREFIX", default="moonborn")
+# A worker that has not refreshed its liveness key for this long is dead; the reaper fails its runs.
+MOONBORN_WORKER_TTL_SECONDS = env.float("MOONBORN_WORKER_TTL_SECONDS", default=15.0)
+MOONBORN_REAPER_SECONDS = env.float("MOONBORN_REAPER_SECONDS", default=10.0)
+# On SIGTERM: how long runs in progress may take to finish before the process exits.
+MOONBORN_SHUTDOWN_DRAIN_SECONDS = env.float("MOONBORN_SHUTDOWN_DRAIN_SECONDS", default=30.0)
 # Partial reply content is written to the database at most this often while a reply streams.
 MOONBORN_PROGRESS_FLUSH_SECONDS = env.float("MOONBORN_PROGRESS_FLUSH_SECONDS", default=1.0)

@@ -17,7 +17,7 @@ from moonborn_site.http import (
 from runs.db import db
 from runs.hub import OnDisconnect, get_hub
 from runs.sse import sse_response
-from runs.streaming import check_capacity, raise_for_outcome, run_outcome, sse_frames
+from runs.streaming import cancel_owned, check_capacity, raise_for_outcome, resumable, run_outcome, sse_frames
 
 from . import services
 from .models import Persona
@@ -44,7 +44,7 @@ async def persona_create(request: HttpRequest, user: AbstractBaseUser) -> HttpRe
     stream = wants_stream(request)
     policy = on_disconnect(request, OnDisconnect.CONTINUE)
     hub = get_hub()
-    check_capacity(hub, user.pk)
+    await check_capacity(hub, user.pk)
     provider = get_provider()
     persona, usage = await db(
         services.persona_create,
@@ -56,7 +56,7 @@ async def persona_create(request: HttpRequest, user: AbstractBaseUser) -> HttpRe
         model=provider.model,
     )
     job = PipelineInput(persona_id=persona.id, usage_id=usage.id, prompt=persona.prompt, name_hint=persona.name)
-    hub.start(persona.id, owner_id=user.pk, flow=generate_persona(job, provider), on_disconnect=policy)
+    await hub.start(persona.id, owner_id=user.pk, flow=generate_persona(job, provider), on_disconnect=policy)
     if stream:
         return sse_response(sse_frames(hub, persona.id, after=0, on_disconnect=policy), location=_location(persona.id))
     raise_for_outcome(await run_outcome(hub, persona.id, on_disconnect=policy))
@@ -74,7 +74,7 @@ async def persona_events(request: HttpRequest, user: AbstractBaseUser, persona_i
     if not exists:
         raise ApiError(404, f"No persona {persona_id}.")
     hub = get_hub()
-    if hub.owner_of(persona_id) != user.pk or (hub.is_done(persona_id) and after >= hub.last_event_id(persona_id)):
+    if not await resumable(hub, persona_id, owner_id=user.pk, after=after):
         return HttpResponse(status=204)
     return sse_response(sse_frames(hub, persona_id, after=after, on_disconnect=policy), location=_location(persona_id))
 
@@ -83,9 +83,7 @@ async def persona_events(request: HttpRequest, user: AbstractBaseUser, persona_i
 async def persona_cancel(request: HttpRequest, user: AbstractBaseUser, persona_id: str) -> HttpResponseBase:
     """`POST /v1/personas/{id}/cancel`: stop the generation; answer the persona as it now is."""
     await _owned_persona_json(user.pk, persona_id)
-    hub = get_hub()
-    if hub.owner_of(persona_id) == user.pk:
-        await hub.cancel(persona_id)
+    await cancel_owned(get_hub(), persona_id, user.pk)
     return json_response(await _owned_persona_json(user.pk, persona_id))
 
 
@@ -93,8 +91,6 @@ async def persona_cancel(request: HttpRequest, user: AbstractBaseUser, persona_i
 async def persona_delete(request: HttpRequest, user: AbstractBaseUser, persona_id: str) -> HttpResponseBase:
     """`DELETE /v1/personas/{id}`: stop any generation, then delete the persona and its chats."""
     await _owned_persona_json(user.pk, persona_id)
-    hub = get_hub()
-    if hub.owner_of(persona_id) == user.pk:
-        await hub.cancel(persona_id)
+    await cancel_owned(get_hub(), persona_id, user.pk)
     await db(services.persona_delete, owner_id=user.pk, persona_id=persona_id)
     return HttpResponse(status=204)

@@ -3,15 +3,19 @@
 A run is started from a flow (an async iterator of `Event`s). The hub drives it in a task of its own,
 detached from the request that started it, numbers each event 1, 2, 3…, encodes it once and keeps
 the frames so that a follower can start at any id (`Last-Event-ID`). The HTTP responses only follow.
+
+`InProcessHub` keeps everything in this process (the embedded default). `runs.redis_hub.RedisHub`
+adds a Redis event log so that any worker can follow, resume or cancel any run.
 """
 
 import asyncio
 import contextvars
+import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple
 
 from django.conf import settings
 
@@ -30,6 +34,26 @@ class RunNotFound(LookupError):
     """The run is unknown here: never started, or its events are past retention."""
 
 
+class RunInfo(NamedTuple):
+    owner_id: int
+    done: bool
+    last_event_id: int
+    terminal: Event | None
+
+
+def shutdown_frame(last_event_id: int) -> bytes:
+    """The frame a follower gets when this server shuts down while the run goes on.
+
+    It repeats the id of the last event the follower received, so a client that resumes with
+    `Last-Event-ID` (on another worker) continues exactly where it stopped.
+    """
+    payload = json.dumps(
+        {"error": "The server is shutting down; resume this stream.", "code": "server_shutdown", "retryable": True},
+        separators=(",", ":"),
+    )
+    return f"id: {last_event_id}\nevent: error\ndata: {payload}\n\n".encode()
+
+
 @dataclass(eq=False)
 class _Run:
     id: str
@@ -42,29 +66,26 @@ class _Run:
     task: "asyncio.Task[None] | None" = None
     waiters: list["asyncio.Future[None]"] = field(default_factory=list)
 
-    def append(self, event: Event) -> None:
-        self.frames.append(encode_event(len(self.frames) + 1, event.type, event.data))
-        if event.is_terminal:
+    def append(self, event: Event) -> bytes:
+        frame = encode_event(len(self.frames) + 1, event.type, event.data)
+        self.append_frame(frame, event if event.is_terminal else None)
+        return frame
+
+    def append_frame(self, frame: bytes, terminal: Event | None) -> None:
+        self.frames.append(frame)
+        if terminal is not None:
             self.done = True
-            self.terminal = event
+            self.terminal = terminal
+        self.wake()
+
+    def wake(self) -> None:
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
-
-class RunHub(Protocol):
-    def start(self, run_id: str, *, owner_id: int, flow: AsyncIterator[Event], on_disconnect: OnDisconnect) -> None: ...
-
-    def exists(self, run_id: str) -> bool: ...
-
-    def follow(
-        self, run_id: str, *, after: int = 0, on_disconnect: OnDisconnect | None = None
-    ) -> AsyncGenerator[bytes, None]: ...
-
-    async def cancel(self, run_id: str, *, wait: float = 5.0) -> bool: ...
-
-    async def wait(self, run_id: str) -> None: ...
+    def info(self) -> RunInfo:
+        return RunInfo(self.owner_id, self.done, len(self.frames), self.terminal)
 
 
 class InProcessHub:
@@ -73,12 +94,20 @@ class InProcessHub:
     def __init__(self, *, retention_seconds: float, heartbeat_seconds: float) -> None:
         self.retention_seconds = retention_seconds
         self.heartbeat_seconds = heartbeat_seconds
+        self.shutting_down = False
         self._runs: dict[str, _Run] = {}
 
     # -- producing ---------------------------------------------------------------------------------
 
-    def start(self, run_id: str, *, owner_id: int, flow: AsyncIterator[Event], on_disconnect: OnDisconnect) -> None:
+    async def start(
+        self, run_id: str, *, owner_id: int, flow: AsyncIterator[Event], on_disconnect: OnDisconnect
+    ) -> None:
         """Start driving `flow` as run `run_id` in a task detached from the caller's request."""
+        self._start_local(run_id, owner_id=owner_id, flow=flow, on_disconnect=on_disconnect)
+
+    def _start_local(
+        self, run_id: str, *, owner_id: int, flow: AsyncIterator[Event], on_disconnect: OnDisconnect
+    ) -> _Run:
         if run_id in self._runs:
             raise ValueError(f"run {run_id} already exists")
         run = _Run(id=run_id, owner_id=owner_id, on_disconnect=on_disconnect)
@@ -88,63 +117,55 @@ class InProcessHub:
         run.task = asyncio.get_running_loop().create_task(
             self._drive(run, flow), name=f"run:{run_id}", context=contextvars.Context()
         )
+        return run
 
     async def _drive(self, run: _Run, flow: AsyncIterator[Event]) -> None:
         try:
             async for event in flow:
-                run.append(event)
+                self._publish(run, event)
                 if event.is_terminal:
                     break
             else:
                 if not run.done:
                     logger.error("run %s ended without a terminal event", run.id)
-                    run.append(error_event("The run ended unexpectedly.", "internal_error", retryable=True))
+                    self._publish(run, error_event("The run ended unexpectedly.", "internal_error", retryable=True))
         except asyncio.CancelledError:
             if not run.done:
-                run.append(error_event("The run was cancelled.", "cancelled", retryable=False))
+                self._publish(run, error_event("The run was cancelled.", "cancelled", retryable=False))
             raise
         except RunError as exc:
             if not run.done:
-                run.append(error_event(str(exc), exc.code, retryable=exc.retryable))
+                self._publish(run, error_event(str(exc), exc.code, retryable=exc.retryable))
         except Exception:
             logger.exception("run %s failed", run.id)
             if not run.done:
-                run.append(error_event("Internal error while generating.", "internal_error", retryable=True))
+                self._publish(run, error_event("Internal error while generating.", "internal_error", retryable=True))
         finally:
             aclose = getattr(flow, "aclose", None)
             if aclose is not None:
                 await asyncio.shield(aclose())
-            loop = asyncio.get_running_loop()
-            loop.call_later(self.retention_seconds, self._forget, run)
+            await asyncio.shield(self._finished(run))
+            asyncio.get_running_loop().call_later(self.retention_seconds, self._forget, run)
+
+    def _publish(self, run: _Run, event: Event) -> None:
+        run.append(event)
+
+    async def _finished(self, run: _Run) -> None:
+        """Hook: the run has ended and its flow's clean-up is done."""
 
     def _forget(self, run: _Run) -> None:
         if self._runs.get(run.id) is run:
             del self._runs[run.id]
 
-    # -- following ---------------------------------------------------------------------------------
+    # -- reading -----------------------------------------------------------------------------------
 
-    def exists(self, run_id: str) -> bool:
-        return run_id in self._runs
-
-    def last_event_id(self, run_id: str) -> int:
-        run = self._get(run_id)
-        return len(run.frames)
-
-    def is_done(self, run_id: str) -> bool:
-        return self._get(run_id).done
-
-    def owner_of(self, run_id: str) -> int | None:
+    async def info(self, run_id: str) -> RunInfo | None:
+        """Who owns the run, whether it ended and its last event id; None if unknown here."""
         run = self._runs.get(run_id)
-        return None if run is None else run.owner_id
+        return None if run is None else run.info()
 
-    def terminal_event(self, run_id: str) -> Event | None:
-        return self._get(run_id).terminal
-
-    def _get(self, run_id: str) -> _Run:
-        try:
-            return self._runs[run_id]
-        except KeyError:
-            raise RunNotFound(run_id) from None
+    async def _lookup(self, run_id: str) -> _Run | None:
+        return self._runs.get(run_id)
 
     async def follow(
         self, run_id: str, *, after: int = 0, on_disconnect: OnDisconnect | None = None
@@ -153,12 +174,16 @@ class InProcessHub:
 
         Yields `HEARTBEAT` after `heartbeat_seconds` without an event. A follower that leaves before
         the terminal event (its response was cancelled or closed) cancels the run when its policy
-        is `cancel` and no other follower is left.
+        is `cancel` and no other follower is left. When the server shuts down, the follower gets a
+        `server_shutdown` error (the run goes on) and ends.
         """
-        run = self._get(run_id)
+        run = await self._lookup(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
         policy = on_disconnect or run.on_disconnect
         position = max(0, after)
-        run.followers += 1
+        leaving_for_shutdown = False
+        await self._joined(run)
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -172,6 +197,10 @@ class InProcessHub:
                     continue
                 if run.done:
                     return
+                if self.shutting_down:
+                    leaving_for_shutdown = True
+                    yield shutdown_frame(position)
+                    return
                 waiter: asyncio.Future[None] = loop.create_future()
                 run.waiters.append(waiter)
                 try:
@@ -180,10 +209,16 @@ class InProcessHub:
                 except TimeoutError:
                     yield HEARTBEAT
         finally:
-            run.followers -= 1
-            if not run.done and policy is OnDisconnect.CANCEL and run.followers == 0 and run.task is not None:
-                logger.info("run %s: last follower left, cancelling", run.id)
-                run.task.cancel()
+            self._left(run, policy, cancel_if_last=not run.done and not leaving_for_shutdown)
+
+    async def _joined(self, run: _Run) -> None:
+        run.followers += 1
+
+    def _left(self, run: _Run, policy: OnDisconnect, *, cancel_if_last: bool) -> None:
+        run.followers -= 1
+        if cancel_if_last and policy is OnDisconnect.CANCEL and run.followers == 0 and run.task is not None:
+            logger.info("run %s: last follower left, cancelling", run.id)
+            run.task.cancel()
 
     # -- control -----------------------------------------------------------------------------------
 
@@ -197,24 +232,55 @@ class InProcessHub:
         return True
 
     async def wait(self, run_id: str) -> None:
-        """Wait until the run has ended and its clean-up is done."""
-        run = self._get(run_id)
+        """Wait until a run of this process has ended and its clean-up is done."""
+        run = self._runs.get(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
         if run.task is not None:
             await asyncio.wait({run.task})
 
-    def active_count(self, owner_id: int) -> int:
+    async def active_count(self, owner_id: int) -> int:
         return sum(1 for run in self._runs.values() if run.owner_id == owner_id and not run.done)
+
+    def local_run_ids(self) -> set[str]:
+        """Ids of the runs this process is producing and that have not ended."""
+        return {run.id for run in self._runs.values() if run.task is not None and not run.done}
+
+    # -- shutdown ----------------------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """Stop taking new runs and release every follower with a `server_shutdown` error."""
+        self.shutting_down = True
+        for run in list(self._runs.values()):
+            run.wake()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to `timeout` seconds) for the runs this process produces to finish."""
+        tasks = {run.task for run in self._runs.values() if run.task is not None and not run.task.done()}
+        if tasks:
+            logger.info("draining %d run(s) before shutdown", len(tasks))
+            await asyncio.wait(tasks, timeout=timeout)
 
 
 _hub: InProcessHub | None = None
 
 
 def get_hub() -> InProcessHub:
-    """Return the process's hub, built from settings on first use."""
+    """Return the process's hub, built from settings on first use (Redis when REDIS_URL is set)."""
     global _hub
     if _hub is None:
-        _hub = InProcessHub(
-            retention_seconds=settings.MOONBORN_EVENT_RETENTION_SECONDS,
-            heartbeat_seconds=settings.MOONBORN_SSE_HEARTBEAT_SECONDS,
-        )
+        if settings.REDIS_URL:
+            from .redis_hub import RedisHub
+
+            _hub = RedisHub(
+                settings.REDIS_URL,
+                retention_seconds=settings.MOONBORN_EVENT_RETENTION_SECONDS,
+                heartbeat_seconds=settings.MOONBORN_SSE_HEARTBEAT_SECONDS,
+                worker_ttl_seconds=settings.MOONBORN_WORKER_TTL_SECONDS,
+            )
+        else:
+            _hub = InProcessHub(
+                retention_seconds=settings.MOONBORN_EVENT_RETENTION_SECONDS,
+                heartbeat_seconds=settings.MOONBORN_SSE_HEARTBEAT_SECONDS,
+            )
     return _hub

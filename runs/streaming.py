@@ -19,7 +19,8 @@ async def sse_frames(
     hub: InProcessHub, run_id: str, *, after: int, on_disconnect: OnDisconnect | None
 ) -> AsyncIterator[bytes]:
     """The bytes of one SSE response: `retry:` then the run's frames after `after`, live."""
-    if hub.last_event_id(run_id) <= after:
+    info = await hub.info(run_id)
+    if info is None or info.last_event_id <= after:
         # Nothing to send yet (a resume of a quiet run): open the stream now, not at the next event.
         yield RETRY
         prefix = b""
@@ -37,20 +38,46 @@ async def run_outcome(hub: InProcessHub, run_id: str, *, on_disconnect: OnDiscon
     async with aclosing(hub.follow(run_id, on_disconnect=on_disconnect)) as frames:
         async for _ in frames:
             pass
-    terminal = hub.terminal_event(run_id)
+    info = await hub.info(run_id)
+    if info is None or not info.done:
+        # The server is shutting down before the run ended.
+        return Event("error", {"error": "The server is shutting down; retry.", "code": "server_shutdown"})
+    terminal = info.terminal
     return terminal if terminal is not None and terminal.type == "error" else None
 
 
 def raise_for_outcome(error: Event | None) -> None:
     if error is not None:
         status = ERROR_STATUS.get(str(error.data.get("code")), 500)
-        raise ApiError(status, str(error.data.get("error")), code=str(error.data.get("code")))
+        exc = ApiError(status, str(error.data.get("error")), code=str(error.data.get("code")))
+        if status == 503:
+            exc.headers["Retry-After"] = "1"
+        raise exc
 
 
-def check_capacity(hub: InProcessHub, owner_id: int) -> None:
-    """429 when the owner already has MOONBORN_MAX_STREAMS_PER_KEY runs going."""
+async def check_capacity(hub: InProcessHub, owner_id: int) -> None:
+    """503 while shutting down; 429 when the owner already has MOONBORN_MAX_STREAMS_PER_KEY runs going."""
+    if hub.shutting_down:
+        error = ApiError(503, "This server is shutting down; retry on another.", code="server_shutdown")
+        error.headers["Retry-After"] = "1"
+        raise error
     limit = settings.MOONBORN_MAX_STREAMS_PER_KEY
-    if hub.active_count(owner_id) >= limit:
+    if await hub.active_count(owner_id) >= limit:
         error = ApiError(429, f"At most {limit} runs may go at once; wait for one to finish.", code="rate_limited")
         error.headers["Retry-After"] = "1"
         raise error
+
+
+async def resumable(hub: InProcessHub, run_id: str, *, owner_id: int, after: int) -> bool:
+    """Whether a resume after `after` has anything to follow (else the endpoint answers 204)."""
+    info = await hub.info(run_id)
+    if info is None or info.owner_id != owner_id:
+        return False
+    return not (info.done and after >= info.last_event_id)
+
+
+async def cancel_owned(hub: InProcessHub, run_id: str, owner_id: int) -> None:
+    """Cancel a run of this owner's, wherever it runs, and wait for its clean-up."""
+    info = await hub.info(run_id)
+    if info is not None and info.owner_id == owner_id:
+        await hub.cancel(run_id)

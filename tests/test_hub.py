@@ -1,17 +1,46 @@
-"""The in-process run hub, driven directly (no server, no database)."""
+"""The run hubs, driven directly (no server, no database): the same suite for both backends.
+
+The Redis cases use the real Redis server on 127.0.0.1:6379 (scripts/services starts it), each test
+under a key prefix of its own.
+"""
 
 import asyncio
+import uuid
 from contextlib import aclosing
 
 import pytest
 
 from runs.events import Event, RunError
 from runs.hub import InProcessHub, OnDisconnect, RunNotFound
+from runs.redis_hub import RedisHub
 from runs.sse import HEARTBEAT, encode_event
 
 
-def make_hub(**kwargs):
-    return InProcessHub(retention_seconds=kwargs.get("retention", 60), heartbeat_seconds=kwargs.get("heartbeat", 5))
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_hub(request):
+    """Build hubs of the parametrized backend; Redis hubs of one test share a prefix (one cluster)."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    made: list[InProcessHub] = []
+
+    def build(**kwargs):
+        retention = kwargs.get("retention", 60)
+        heartbeat = kwargs.get("heartbeat", 5)
+        if request.param == "memory":
+            hub = InProcessHub(retention_seconds=retention, heartbeat_seconds=heartbeat)
+        else:
+            hub = RedisHub(REDIS_URL, retention_seconds=retention, heartbeat_seconds=heartbeat, prefix=prefix,
+                           worker_ttl_seconds=kwargs.get("worker_ttl", 15))
+        made.append(hub)
+        return hub
+
+    build.backend = request.param
+    yield build
+    for hub in made:
+        if isinstance(hub, RedisHub):
+            await hub.aclose()
 
 
 async def ticking(n: int, *, delay: float = 0.0, cleanup: list[str] | None = None):
@@ -42,31 +71,31 @@ async def collect(hub, run_id, **kwargs) -> bytes:
     return b"".join(out)
 
 
-async def test_follow_yields_every_event_numbered_in_order():
+async def test_follow_yields_every_event_numbered_in_order(make_hub):
     hub = make_hub()
-    hub.start("run1", owner_id=1, flow=ticking(5, delay=0.001), on_disconnect=OnDisconnect.CANCEL)
+    await hub.start("run1", owner_id=1, flow=ticking(5, delay=0.001), on_disconnect=OnDisconnect.CANCEL)
     assert await collect(hub, "run1") == b"".join(frames_of(5))
-    assert hub.terminal_event("run1") == Event("completed", {"messageId": "msg_1"})
+    assert (await hub.info("run1")).terminal == Event("completed", {"messageId": "msg_1"})
 
 
-async def test_two_followers_get_identical_bytes():
+async def test_two_followers_get_identical_bytes(make_hub):
     hub = make_hub()
-    hub.start("run1", owner_id=1, flow=ticking(20, delay=0.001), on_disconnect=OnDisconnect.CANCEL)
+    await hub.start("run1", owner_id=1, flow=ticking(20, delay=0.001), on_disconnect=OnDisconnect.CANCEL)
     first, second = await asyncio.gather(collect(hub, "run1"), collect(hub, "run1"))
     assert first == second == b"".join(frames_of(20))
 
 
-async def test_resume_after_an_id_replays_exactly_the_rest():
+async def test_resume_after_an_id_replays_exactly_the_rest(make_hub):
     hub = make_hub()
-    hub.start("run1", owner_id=1, flow=ticking(6), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start("run1", owner_id=1, flow=ticking(6), on_disconnect=OnDisconnect.CONTINUE)
     await hub.wait("run1")
     assert await collect(hub, "run1", after=4) == b"".join(frames_of(6)[4:])
     assert await collect(hub, "run1", after=8) == b""
 
 
-async def test_follower_coalesces_frames_that_are_already_waiting():
+async def test_follower_coalesces_frames_that_are_already_waiting(make_hub):
     hub = make_hub()
-    hub.start("run1", owner_id=1, flow=ticking(50), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start("run1", owner_id=1, flow=ticking(50), on_disconnect=OnDisconnect.CONTINUE)
     await hub.wait("run1")
     chunks = []
     async with aclosing(hub.follow("run1")) as frames:
@@ -75,7 +104,7 @@ async def test_follower_coalesces_frames_that_are_already_waiting():
     assert chunks == [b"".join(frames_of(50))]
 
 
-async def test_heartbeat_while_quiet():
+async def test_heartbeat_while_quiet(make_hub):
     hub = make_hub(heartbeat=0.05)
 
     async def slow():
@@ -83,7 +112,7 @@ async def test_heartbeat_while_quiet():
         await asyncio.sleep(0.18)
         yield Event("completed", {})
 
-    hub.start("run1", owner_id=1, flow=slow(), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start("run1", owner_id=1, flow=slow(), on_disconnect=OnDisconnect.CONTINUE)
     body = await collect(hub, "run1")
     started = encode_event(1, "message.started", {})
     completed = encode_event(2, "completed", {})
@@ -92,32 +121,32 @@ async def test_heartbeat_while_quiet():
     assert body.count(HEARTBEAT) in (2, 3)
 
 
-async def test_last_follower_leaving_cancels_a_cancel_run():
+async def test_last_follower_leaving_cancels_a_cancel_run(make_hub):
     hub = make_hub()
     cleanup: list[str] = []
-    hub.start("run1", owner_id=1, flow=ticking(1000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CANCEL)
+    await hub.start("run1", owner_id=1, flow=ticking(1000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CANCEL)
     async with aclosing(hub.follow("run1")) as frames:
         async for _ in frames:
             break
     await hub.wait("run1")
     assert cleanup == ["cancelled"]
-    terminal = hub.terminal_event("run1")
+    terminal = (await hub.info("run1")).terminal
     assert terminal == Event("error", {"error": "The run was cancelled.", "code": "cancelled", "retryable": False})
 
 
-async def test_follower_leaving_a_continue_run_leaves_it_running():
+async def test_follower_leaving_a_continue_run_leaves_it_running(make_hub):
     hub = make_hub()
-    hub.start("run1", owner_id=1, flow=ticking(20, delay=0.002), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start("run1", owner_id=1, flow=ticking(20, delay=0.002), on_disconnect=OnDisconnect.CONTINUE)
     async with aclosing(hub.follow("run1")) as frames:
         async for _ in frames:
             break
     await hub.wait("run1")
-    assert hub.terminal_event("run1") == Event("completed", {"messageId": "msg_1"})
+    assert (await hub.info("run1")).terminal == Event("completed", {"messageId": "msg_1"})
 
 
-async def test_run_keeps_going_while_another_follower_remains():
+async def test_run_keeps_going_while_another_follower_remains(make_hub):
     hub = make_hub()
-    hub.start("run1", owner_id=1, flow=ticking(30, delay=0.002), on_disconnect=OnDisconnect.CANCEL)
+    await hub.start("run1", owner_id=1, flow=ticking(30, delay=0.002), on_disconnect=OnDisconnect.CANCEL)
     staying = asyncio.create_task(collect(hub, "run1"))
     await asyncio.sleep(0)
     async with aclosing(hub.follow("run1")) as frames:
@@ -126,10 +155,10 @@ async def test_run_keeps_going_while_another_follower_remains():
     assert await staying == b"".join(frames_of(30))
 
 
-async def test_follower_policy_overrides_the_run_policy():
+async def test_follower_policy_overrides_the_run_policy(make_hub):
     hub = make_hub()
     cleanup: list[str] = []
-    hub.start("run1", owner_id=1, flow=ticking(1000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start("run1", owner_id=1, flow=ticking(1000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CONTINUE)
     async with aclosing(hub.follow("run1", on_disconnect=OnDisconnect.CANCEL)) as frames:
         async for _ in frames:
             break
@@ -137,63 +166,169 @@ async def test_follower_policy_overrides_the_run_policy():
     assert cleanup == ["cancelled"]
 
 
-async def test_cancel_waits_for_clean_up():
+async def test_cancel_waits_for_clean_up(make_hub):
     hub = make_hub()
     cleanup: list[str] = []
-    hub.start("run1", owner_id=1, flow=ticking(1000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start("run1", owner_id=1, flow=ticking(1000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CONTINUE)
     await asyncio.sleep(0.03)
     assert await hub.cancel("run1") is True
     assert cleanup == ["cancelled"]
     assert await hub.cancel("run1") is False
 
 
-async def test_run_error_becomes_an_error_event():
+async def test_run_error_becomes_an_error_event(make_hub):
     hub = make_hub()
 
     async def failing():
         yield Event("message.started", {})
         raise RunError("upstream said no", code="provider_error", retryable=True)
 
-    hub.start("run1", owner_id=1, flow=failing(), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start("run1", owner_id=1, flow=failing(), on_disconnect=OnDisconnect.CONTINUE)
     body = await collect(hub, "run1")
     assert body == encode_event(1, "message.started", {}) + encode_event(
         2, "error", {"error": "upstream said no", "code": "provider_error", "retryable": True}
     )
 
 
-async def test_unexpected_exception_is_an_internal_error_event():
+async def test_unexpected_exception_is_an_internal_error_event(make_hub):
     hub = make_hub()
 
     async def broken():
         yield Event("message.started", {})
         raise KeyError("bug")
 
-    hub.start("run1", owner_id=1, flow=broken(), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start("run1", owner_id=1, flow=broken(), on_disconnect=OnDisconnect.CONTINUE)
     await hub.wait("run1")
-    assert hub.terminal_event("run1") == Event(
+    assert (await hub.info("run1")).terminal == Event(
         "error", {"error": "Internal error while generating.", "code": "internal_error", "retryable": True}
     )
 
 
-async def test_runs_are_forgotten_after_retention():
+async def test_runs_are_forgotten_after_retention(make_hub):
     hub = make_hub(retention=0.05)
-    hub.start("run1", owner_id=1, flow=ticking(1), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start("run1", owner_id=1, flow=ticking(1), on_disconnect=OnDisconnect.CONTINUE)
     await hub.wait("run1")
-    assert hub.exists("run1")
+    assert await hub.info("run1") is not None
     await asyncio.sleep(0.1)
-    assert not hub.exists("run1")
+    assert await hub.info("run1") is None
     with pytest.raises(RunNotFound):
         await hub.follow("run1").__anext__()
 
 
-async def test_active_count_counts_only_live_runs_of_the_owner():
+async def test_active_count_counts_only_live_runs_of_the_owner(make_hub):
     hub = make_hub()
-    hub.start("a", owner_id=1, flow=ticking(100, delay=0.01), on_disconnect=OnDisconnect.CONTINUE)
-    hub.start("b", owner_id=2, flow=ticking(100, delay=0.01), on_disconnect=OnDisconnect.CONTINUE)
-    hub.start("c", owner_id=1, flow=ticking(0), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start("a", owner_id=1, flow=ticking(100, delay=0.01), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start("b", owner_id=2, flow=ticking(100, delay=0.01), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start("c", owner_id=1, flow=ticking(0), on_disconnect=OnDisconnect.CONTINUE)
     await hub.wait("c")
-    assert hub.active_count(1) == 1
-    assert hub.active_count(2) == 1
+    assert await hub.active_count(1) == 1
+    assert await hub.active_count(2) == 1
     await hub.cancel("a")
     await hub.cancel("b")
-    assert hub.active_count(1) == 0
+    assert await hub.active_count(1) == 0
+
+
+# -- several workers sharing one Redis ------------------------------------------------------------
+
+
+@pytest.fixture
+async def two_workers():
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    hubs = [
+        RedisHub(REDIS_URL, retention_seconds=60, heartbeat_seconds=5, prefix=prefix, worker_ttl_seconds=1.5)
+        for _ in range(2)
+    ]
+    yield hubs
+    for hub in hubs:
+        await hub.aclose()
+
+
+async def test_a_run_on_one_worker_is_followed_identically_on_another(two_workers):
+    a, b = two_workers
+    await a.start("run1", owner_id=1, flow=ticking(40, delay=0.002), on_disconnect=OnDisconnect.CONTINUE)
+    on_a, on_b = await asyncio.gather(collect(a, "run1"), collect(b, "run1"))
+    assert on_a == on_b == b"".join(frames_of(40))
+    info = await b.info("run1")
+    assert info.done and info.last_event_id == 42 and info.owner_id == 1
+    assert info.terminal == Event("completed", {"messageId": "msg_1"})
+
+
+async def test_resume_on_another_worker_replays_exactly_the_rest(two_workers):
+    a, b = two_workers
+    await a.start("run1", owner_id=1, flow=ticking(30, delay=0.002), on_disconnect=OnDisconnect.CONTINUE)
+    assert await collect(b, "run1", after=17) == b"".join(frames_of(30)[17:])
+
+
+async def test_cancel_through_another_worker_stops_the_run(two_workers):
+    a, b = two_workers
+    cleanup: list[str] = []
+    await a.start("run1", owner_id=1, flow=ticking(10_000, delay=0.01, cleanup=cleanup),
+                  on_disconnect=OnDisconnect.CONTINUE)
+    await asyncio.sleep(0.05)
+    started = asyncio.get_running_loop().time()
+    assert await b.cancel("run1") is True
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert cleanup == ["cancelled"]
+    info = await b.info("run1")
+    assert info.done
+    assert info.terminal == Event("error", {"error": "The run was cancelled.", "code": "cancelled", "retryable": False})
+
+
+async def test_last_follower_leaving_on_another_worker_cancels(two_workers):
+    a, b = two_workers
+    cleanup: list[str] = []
+    await a.start("run1", owner_id=1, flow=ticking(10_000, delay=0.01, cleanup=cleanup),
+                  on_disconnect=OnDisconnect.CANCEL)
+    async with aclosing(b.follow("run1")) as frames:
+        async for _ in frames:
+            break
+    await asyncio.wait_for(a.wait("run1"), timeout=2)
+    assert cleanup == ["cancelled"]
+
+
+async def test_active_runs_are_counted_across_workers(two_workers):
+    a, b = two_workers
+    await a.start("run1", owner_id=7, flow=ticking(10_000, delay=0.01), on_disconnect=OnDisconnect.CONTINUE)
+    assert await b.active_count(7) == 1
+    await b.cancel("run1")
+    await asyncio.sleep(0.05)
+    assert await b.active_count(7) == 0
+
+
+async def test_a_run_whose_worker_died_is_detected_and_abandoned(two_workers):
+    a, b = two_workers
+    await a.start("run1", owner_id=1, flow=ticking(10_000, delay=0.01), on_disconnect=OnDisconnect.CONTINUE)
+    await asyncio.sleep(0.05)
+    assert await b.is_alive("run1") is True
+    # Worker A stops refreshing its liveness key (as if killed): B sees the run as orphaned.
+    for task in list(a._background):
+        task.cancel()
+    await a.redis.delete(a._worker_key(a.worker_id))
+    assert await b.is_alive("run1") is False
+    follower = asyncio.create_task(collect(b, "run1"))
+    await asyncio.sleep(0.05)
+    await b.abandon("run1", 1, "The server running this run stopped.")
+    body = await asyncio.wait_for(follower, timeout=3)
+    assert body.endswith(b'event: error\ndata: {"error":"The server running this run stopped.","code":"internal_error","retryable":true}\n\n')
+    assert await b.active_count(1) == 0
+    a._runs["run1"].task.cancel()
+
+
+async def test_shutdown_releases_followers_with_the_last_id_and_lets_the_run_finish(make_hub):
+    hub = make_hub()
+    await hub.start("run1", owner_id=1, flow=ticking(30, delay=0.005), on_disconnect=OnDisconnect.CANCEL)
+    chunks = []
+    async with aclosing(hub.follow("run1")) as frames:
+        async for chunk in frames:
+            chunks.append(chunk)
+            if len(chunks) == 3:
+                hub.begin_shutdown()
+    body = b"".join(chunks)
+    last_id = body.count(b"\n\n") - 1
+    assert body.endswith(
+        f"id: {last_id}\nevent: error\n".encode()
+        + b'data: {"error":"The server is shutting down; resume this stream.","code":"server_shutdown","retryable":true}\n\n'
+    )
+    # Leaving because of the shutdown is not a disconnect: the run goes on to its end.
+    await hub.drain(timeout=5)
+    assert (await hub.info("run1")).terminal == Event("completed", {"messageId": "msg_1"})
