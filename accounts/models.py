@@ -53,3 +53,21 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.run_id} {self.status}"
+
+
+class IdempotencyKey(models.Model):
+    """An `Idempotency-Key` an owner sent with a POST, and what that POST created."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="idempotency_keys")
+    key = models.CharField(max_length=255)
+    kind = models.CharField(max_length=16)
+    request_hash = models.CharField(max_length=64)
+    # The persona or assistant message created; empty while the first request is creating it.
+    resource_id = models.CharField(max_length=40, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "key"], name="unique_idempotency_key")]
+
+    def __str__(self) -> str:
+        return f"{self.owner_id} {self.key}"

@@ -1,12 +1,14 @@
 """Writes for API keys and usage records."""
 
+from datetime import timedelta
+
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .keys import generate_key, hash_key
-from .models import ApiKey, UsageRecord
+from .models import ApiKey, IdempotencyKey, UsageRecord
 
 
 @transaction.atomic
@@ -55,3 +57,31 @@ def usage_finish(*, record_id: int, status: str, prompt_tokens: int, completion_
         completion_tokens=completion_tokens,
         ended_at=timezone.now(),
     )
+
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+def idempotency_claim(*, owner_id: int, key: str, kind: str, request_hash: str) -> tuple[IdempotencyKey, bool]:
+    """Claim `key` for this request; return the row and whether this request is the first to use it."""
+    IdempotencyKey.objects.filter(owner_id=owner_id, key=key, created_at__lt=timezone.now() - IDEMPOTENCY_TTL).delete()
+    try:
+        with transaction.atomic():
+            row = IdempotencyKey.objects.create(owner_id=owner_id, key=key, kind=kind, request_hash=request_hash)
+        return row, True
+    except IntegrityError:
+        return IdempotencyKey.objects.get(owner_id=owner_id, key=key), False
+
+
+def idempotency_bind(*, row_id: int, resource_id: str) -> None:
+    IdempotencyKey.objects.filter(pk=row_id).update(resource_id=resource_id)
+
+
+def idempotency_release(*, row_id: int) -> None:
+    """Forget a claim whose request created nothing (it failed), so a retry can create."""
+    IdempotencyKey.objects.filter(pk=row_id, resource_id="").delete()
+
+
+def idempotency_resource(*, row_id: int) -> str | None:
+    """The resource the claim created: its id, '' while being created, None if released."""
+    return IdempotencyKey.objects.filter(pk=row_id).values_list("resource_id", flat=True).first()

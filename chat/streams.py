@@ -15,15 +15,16 @@ from moonborn_site.http import (
     wants_stream,
 )
 from runs.db import db
-from runs.hub import OnDisconnect, get_hub
+from runs.hub import InProcessHub, OnDisconnect, get_hub
+from runs.idempotency import claim_or_replay
 from runs.sse import sse_response
-from runs.streaming import cancel_owned, check_capacity, raise_for_outcome, resumable, run_outcome, sse_frames
+from runs.streaming import cancel_owned, check_capacity, resumable, serve_run, sse_frames
 
 from . import services
 from .models import ChatSession, Message
 from .replies import generate_reply
 from .serializers import MessageCreateSerializer
-from .views import message_json
+from .views import message_json, reply_json
 
 
 def _location(session_id: str, message_id: str) -> str:
@@ -44,9 +45,12 @@ async def message_create(request: HttpRequest, user: AbstractBaseUser, session_i
     stream = wants_stream(request)
     policy = on_disconnect(request, OnDisconnect.CANCEL)
     hub = get_hub()
-    await check_capacity(hub, user.pk)
-    provider = get_provider()
+    claim = await claim_or_replay(request, user.pk, kind="chat", body={"session": session_id, **data})
+    if isinstance(claim, str):
+        return await _serve(hub, session_id, claim, user.pk, stream=stream, policy=policy, after=last_event_id(request))
     try:
+        await check_capacity(hub, user.pk)
+        provider = get_provider()
         job = await db(
             services.message_create_turn,
             owner_id=user.pk,
@@ -55,33 +59,42 @@ async def message_create(request: HttpRequest, user: AbstractBaseUser, session_i
             provider=provider.name,
             model=provider.model,
         )
-    except ChatSession.DoesNotExist:
-        raise ApiError(404, f"No chat session {session_id}.") from None
-    except services.ChatConflict as exc:
-        raise ApiError(409, str(exc), code="conflict") from None
-    run_id = job.assistant_message_id
-    await hub.start(run_id, owner_id=user.pk, flow=generate_reply(job, provider), on_disconnect=policy)
-    location = _location(session_id, run_id)
-    if stream:
-        return sse_response(sse_frames(hub, run_id, after=0, on_disconnect=policy), location=location)
-    raise_for_outcome(await run_outcome(hub, run_id, on_disconnect=policy))
-    message = await _owned_message(user.pk, session_id, run_id)
-    body = {
-        "message_id": message["id"],
-        "user_message_id": job.user_message_id,
-        "session_id": session_id,
-        "content": message["content"],
-        "status": message["status"],
-        "model": message["model"],
-        "drift_score": message["drift_score"],
-        "drift_threshold": message["drift_threshold"],
-        "drifted": message["drifted"],
-        "created_at": message["created_at"],
-        "completed_at": message["completed_at"],
-    }
-    response = json_response(body, 201)
-    response["Location"] = location
-    return response
+    except BaseException as exc:
+        if claim is not None:
+            await claim.release()
+        if isinstance(exc, ChatSession.DoesNotExist):
+            raise ApiError(404, f"No chat session {session_id}.") from None
+        if isinstance(exc, services.ChatConflict):
+            raise ApiError(409, str(exc), code="conflict") from None
+        raise
+    if claim is not None:
+        await claim.bind(job.assistant_message_id)
+    await hub.start(
+        job.assistant_message_id, owner_id=user.pk, flow=generate_reply(job, provider), on_disconnect=policy
+    )
+    return await _serve(hub, session_id, job.assistant_message_id, user.pk, stream=stream, policy=policy)
+
+
+async def _serve(
+    hub: InProcessHub,
+    session_id: str,
+    message_id: str,
+    owner_id: int,
+    *,
+    stream: bool,
+    policy: OnDisconnect,
+    after: int | None = None,
+) -> HttpResponseBase:
+    return await serve_run(
+        hub,
+        message_id,
+        owner_id=owner_id,
+        stream=stream,
+        policy=policy,
+        location=_location(session_id, message_id),
+        result=lambda: db(reply_json, owner_id=owner_id, session_id=session_id, message_id=message_id),
+        after=after,
+    )
 
 
 @async_api_view

@@ -79,3 +79,24 @@ message_detail = MessageDetail.as_view()
 def message_json(*, owner_id: int, session_id: str, message_id: str) -> dict[str, Any]:
     message = Message.objects.get(session__owner_id=owner_id, session_id=session_id, pk=message_id)
     return dict(MessageSerializer(message).data)
+
+
+def reply_json(*, owner_id: int, session_id: str, message_id: str) -> dict[str, Any]:
+    """The body of a created reply (`POST …/messages` without streaming)."""
+    message = Message.objects.get(session__owner_id=owner_id, session_id=session_id, pk=message_id)
+    user_message_id = (
+        Message.objects.filter(session_id=session_id, index=message.index - 1).values_list("id", flat=True).first()
+    )
+    return {
+        "message_id": message.id,
+        "user_message_id": user_message_id,
+        "session_id": session_id,
+        "content": message.content,
+        "status": message.status,
+        "model": message.model,
+        "drift_score": message.drift_score,
+        "drift_threshold": message.drift_threshold,
+        "drifted": message.flagged,
+        "created_at": message.created_at,
+        "completed_at": message.completed_at,
+    }

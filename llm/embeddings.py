@@ -11,7 +11,8 @@ sentence-transformers does (``max_seq_length`` = 256 tokens *including* ``[CLS]`
 ``sentence_bert_config.json``). ``tests/test_embeddings.py`` checks the output against vectors produced by the
 reference implementation (``tests/fixtures/minilm_reference.json``).
 
-This module does not import Django: it is a pure library used by the chat pipeline.
+``OpenAIEmbedder`` is the optional alternative (``MOONBORN_EMBEDDINGS=openai``): any OpenAI-compatible
+``/embeddings`` endpoint. Only ``get_embedder`` reads Django settings; the embedders themselves do not.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
-__all__ = ["Embedder", "FloatArray", "MiniLMEmbedder", "erf", "get_embedder"]
+__all__ = ["Embedder", "FloatArray", "MiniLMEmbedder", "OpenAIEmbedder", "erf", "get_embedder"]
 
 FloatArray = npt.NDArray[np.float32]
 _F = TypeVar("_F", bound=np.floating[Any])
@@ -383,7 +384,82 @@ def _forward(model: _Model, batch_ids: list[list[int]]) -> FloatArray:
     return pooled.astype(np.float32, copy=False)
 
 
+class OpenAIEmbedder:
+    """Embeddings from an OpenAI-compatible server's ``POST /embeddings`` (``MOONBORN_EMBEDDINGS=openai``).
+
+    Called from worker threads (drift scoring is CPU work elsewhere), so it uses the SDK's sync client.
+    Rows are L2-normalised here: not every server's model returns unit vectors.
+    """
+
+    #: inputs per request (OpenAI accepts up to 2048; local servers are happier with fewer)
+    batch_size: int = 128
+
+    def __init__(self, *, model: str, api_key: str, base_url: str = "", timeout: float = 60.0) -> None:
+        import openai
+
+        self.model = model
+        self._client = openai.OpenAI(
+            api_key=api_key or "not-needed", base_url=base_url or None, timeout=timeout, max_retries=2
+        )
+        self._dim: int | None = None
+
+    @property
+    def model_id(self) -> str:
+        return f"openai:{self.model}"
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self.embed(["dimension probe"])
+        assert self._dim is not None
+        return self._dim
+
+    def embed(self, texts: Sequence[str]) -> FloatArray:
+        """Embed ``texts``: float32 array of shape ``(len(texts), dim)``, each row L2-normalised."""
+        import openai
+
+        from .base import ProviderError
+
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of strings, not a single string")
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self._dim or 0), dtype=np.float32)
+        rows: list[list[float]] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start : start + self.batch_size]
+            try:
+                response = self._client.embeddings.create(model=self.model, input=batch)
+            except openai.APIError as exc:
+                raise ProviderError(f"The embeddings server failed ({type(exc).__name__}).", retryable=True) from None
+            rows.extend(item.embedding for item in sorted(response.data, key=lambda item: item.index))
+        out = np.asarray(rows, dtype=np.float32)
+        if out.shape[0] != len(texts):
+            raise ProviderError(f"The embeddings server returned {out.shape[0]} vectors for {len(texts)} texts.")
+        norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+        out /= np.maximum(norms, np.float32(1e-12))[:, None]
+        self._dim = int(out.shape[1])
+        return out
+
+
 @functools.cache
 def get_embedder() -> Embedder:
-    """The process-wide embedder (all-MiniLM-L6-v2, numpy). Weights load on first ``embed``."""
+    """The process-wide embedder: all-MiniLM-L6-v2 on numpy, or ``MOONBORN_EMBEDDINGS=openai``.
+
+    MiniLM weights load on first ``embed``. Django settings are read only here, when configured.
+    """
+    from django.conf import settings
+
+    if settings.configured and getattr(settings, "MOONBORN_EMBEDDINGS", "local") == "openai":
+        from .providers import embeddings_api_key
+
+        base_url = settings.MOONBORN_EMBEDDINGS_BASE_URL or (
+            settings.MOONBORN_LLM_BASE_URL if settings.MOONBORN_LLM_PROVIDER == "openai" else ""
+        )
+        return OpenAIEmbedder(
+            model=settings.MOONBORN_EMBEDDINGS_MODEL,
+            api_key=embeddings_api_key(),
+            base_url=base_url,
+            timeout=settings.MOONBORN_LLM_TIMEOUT_SECONDS,
+        )
     return MiniLMEmbedder()

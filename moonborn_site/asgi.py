@@ -1,13 +1,27 @@
 """ASGI entry point: `uvicorn moonborn_site.asgi:application` (or daphne through runserver)."""
 
 import os
+import sys
 import threading
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "moonborn_site.settings")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+
+def _check_provider_settings() -> None:
+    """Refuse to start with provider settings that cannot work: one sentence, no traceback."""
+    from llm.providers import configuration_error
+
+    error = configuration_error()
+    if error is not None:
+        sys.stderr.write(f"Moonborn cannot start: {error}\n")
+        raise SystemExit(1)
+
+
+_check_provider_settings()
 
 
 def _warm_up() -> None:
@@ -18,3 +32,12 @@ def _warm_up() -> None:
 
 # Load the embedding model in the background, so the first persona or reply does not wait for it.
 threading.Thread(target=_warm_up, name="moonborn-warm-up", daemon=True).start()
+
+
+# Imported once the apps are loaded (above).
+from runs.lifecycle import StreamGuard, recover_at_start  # noqa: E402
+
+# Runs that a previous process left unfinished become `failed` before anything is served.
+recover_at_start()
+
+application = StreamGuard(django_application)

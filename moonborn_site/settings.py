@@ -75,6 +75,15 @@ DATABASES["default"]["ATOMIC_REQUESTS"] = False
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Short writes from several threads at once: wait for the lock instead of failing at once.
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # psycopg 3's pool: runs take a connection per short write and give it straight back.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env.int("MOONBORN_DB_POOL_SIZE", default=10),
+        "timeout": 10,
+        # Connections past min_size that sit idle this long are closed: the pool shrinks after a burst.
+        "max_idle": env.float("MOONBORN_DB_POOL_MAX_IDLE_SECONDS", default=60.0),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

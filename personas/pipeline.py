@@ -67,7 +67,10 @@ async def generate_persona(job: PipelineInput, provider: Provider) -> AsyncItera
                 fallback_fields=list(result.fallback_fields),
                 duration_ms=duration,
             )
-            yield Event("step.completed", {"step": step, "durationMs": duration, "model": provider.model})
+            # The name the upstream reported (e.g. a dated snapshot), else the configured one.
+            yield Event(
+                "step.completed", {"step": step, "durationMs": duration, "model": usage.model or provider.model}
+            )
         compiled = state.outputs["card_compile"]
         total = _ms(started)
         await db(

@@ -336,7 +336,13 @@ def _prose_paragraph(text: str) -> str:
 
 def fallback_values(step: str, state: PipelineState, *, raw_text: str = "") -> dict[str, Any]:
     """Sensible values for every field of `step`, derived only from the prompt and earlier steps."""
-    name = state.name_hint or state.get("soul_draft", "name") or _name_from_prompt(state.prompt)
+    name = (
+        state.name_hint
+        or state.get("soul_draft", "name")
+        # A model that answered in prose usually still introduces the character by name.
+        or _name_in(raw_text)
+        or _name_from_prompt(state.prompt)
+    )
     prose = _prose_paragraph(raw_text)
     hook = state.get("soul_draft", "hook") or _first_sentence(state.prompt)
     invariants = list(state.get("soul_draft", "invariants") or [f"{name} is {hook[0].lower() + hook[1:]}"])
@@ -391,6 +397,11 @@ def fallback_values(step: str, state: PipelineState, *, raw_text: str = "") -> d
             "examples": [{"user": "Who are you?", "reply": f"I'm {name}. {hook}"}],
         }
     return compile_card(state)
+
+
+def _name_in(text: str) -> str | None:
+    match = re.search(r"\b(?:[Nn]amed|[Cc]alled|Meet|[Nn]ame is)\s+([A-Z][\w'-]+(?:\s+[A-Z][\w'-]+)?)", text)
+    return match.group(1) if match else None
 
 
 def _name_from_prompt(prompt: str) -> str:

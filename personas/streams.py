@@ -15,9 +15,10 @@ from moonborn_site.http import (
     wants_stream,
 )
 from runs.db import db
-from runs.hub import OnDisconnect, get_hub
+from runs.hub import InProcessHub, OnDisconnect, get_hub
+from runs.idempotency import claim_or_replay
 from runs.sse import sse_response
-from runs.streaming import cancel_owned, check_capacity, raise_for_outcome, resumable, run_outcome, sse_frames
+from runs.streaming import cancel_owned, check_capacity, resumable, serve_run, sse_frames
 
 from . import services
 from .models import Persona
@@ -44,25 +45,45 @@ async def persona_create(request: HttpRequest, user: AbstractBaseUser) -> HttpRe
     stream = wants_stream(request)
     policy = on_disconnect(request, OnDisconnect.CONTINUE)
     hub = get_hub()
-    await check_capacity(hub, user.pk)
-    provider = get_provider()
-    persona, usage = await db(
-        services.persona_create,
-        owner_id=user.pk,
-        prompt=data["prompt"],
-        name=data["name"],
-        requested_model=data["model"],
-        provider=provider.name,
-        model=provider.model,
-    )
+    claim = await claim_or_replay(request, user.pk, kind="persona", body=data)
+    if isinstance(claim, str):
+        return await _serve(hub, claim, user.pk, stream=stream, policy=policy, after=last_event_id(request))
+    try:
+        await check_capacity(hub, user.pk)
+        provider = get_provider()
+        persona, usage = await db(
+            services.persona_create,
+            owner_id=user.pk,
+            prompt=data["prompt"],
+            name=data["name"],
+            requested_model=data["model"],
+            provider=provider.name,
+            model=provider.model,
+        )
+    except BaseException:
+        if claim is not None:
+            await claim.release()
+        raise
+    if claim is not None:
+        await claim.bind(persona.id)
     job = PipelineInput(persona_id=persona.id, usage_id=usage.id, prompt=persona.prompt, name_hint=persona.name)
     await hub.start(persona.id, owner_id=user.pk, flow=generate_persona(job, provider), on_disconnect=policy)
-    if stream:
-        return sse_response(sse_frames(hub, persona.id, after=0, on_disconnect=policy), location=_location(persona.id))
-    raise_for_outcome(await run_outcome(hub, persona.id, on_disconnect=policy))
-    response = json_response(await _owned_persona_json(user.pk, persona.id), 201)
-    response["Location"] = _location(persona.id)
-    return response
+    return await _serve(hub, persona.id, user.pk, stream=stream, policy=policy)
+
+
+async def _serve(
+    hub: InProcessHub, persona_id: str, owner_id: int, *, stream: bool, policy: OnDisconnect, after: int | None = None
+) -> HttpResponseBase:
+    return await serve_run(
+        hub,
+        persona_id,
+        owner_id=owner_id,
+        stream=stream,
+        policy=policy,
+        location=_location(persona_id),
+        result=lambda: _owned_persona_json(owner_id, persona_id),
+        after=after,
+    )
 
 
 @async_api_view

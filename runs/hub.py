@@ -254,12 +254,12 @@ class InProcessHub:
         for run in list(self._runs.values()):
             run.wake()
 
-    async def drain(self, timeout: float) -> None:
-        """Wait (up to `timeout` seconds) for the runs this process produces to finish."""
+    async def drain(self, within: float) -> None:
+        """Wait (up to `within` seconds) for the runs this process produces to finish."""
         tasks = {run.task for run in self._runs.values() if run.task is not None and not run.task.done()}
         if tasks:
             logger.info("draining %d run(s) before shutdown", len(tasks))
-            await asyncio.wait(tasks, timeout=timeout)
+            await asyncio.wait(tasks, timeout=within)
 
 
 _hub: InProcessHub | None = None

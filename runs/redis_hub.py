@@ -42,7 +42,8 @@ class RedisHub(InProcessHub):
         prefix: str | None = None,
     ) -> None:
         super().__init__(retention_seconds=retention_seconds, heartbeat_seconds=heartbeat_seconds)
-        self.redis = aioredis.from_url(url)
+        # Typed loosely: redis-py answers bytes here (no decode_responses), which its stubs do not know.
+        self.redis: Any = aioredis.from_url(url)
         self.prefix = prefix or settings.MOONBORN_REDIS_PREFIX
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.worker_ttl = worker_ttl_seconds

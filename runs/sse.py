@@ -2,7 +2,8 @@
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextvars import ContextVar
 from typing import Any
 
 from django.http import StreamingHttpResponse
@@ -24,8 +25,17 @@ def encode_event(event_id: int, event_type: str, data: dict[str, Any]) -> bytes:
     return f"id: {int(event_id)}\nevent: {event_type}\ndata: {payload}\n\n".encode()
 
 
-def sse_response(frames: AsyncIterator[bytes], *, location: str) -> StreamingHttpResponse:
+# The response iterators of the current request, closed by runs.lifecycle.StreamGuard when the
+# request ends: Django closes only its own wrapper, and an iterator left open until garbage
+# collection would keep its run's follower (and so the on_disconnect policy) waiting.
+open_streams: ContextVar[list[AsyncGenerator[bytes, None]] | None] = ContextVar("open_streams", default=None)
+
+
+def sse_response(frames: AsyncGenerator[bytes, None], *, location: str) -> StreamingHttpResponse:
     """Wrap an async iterator of ready-encoded frames in a streaming response with api.md's headers."""
+    registry = open_streams.get()
+    if registry is not None:
+        registry.append(frames)
     response = StreamingHttpResponse(frames, content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"

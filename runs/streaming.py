@@ -1,15 +1,18 @@
 """What the views use to serve a run: SSE frames for a follower, or its outcome for a JSON caller."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
+from typing import Any
 
 from django.conf import settings
+from django.http import HttpResponse, HttpResponseBase
 
+from moonborn_site.api import json_response
 from moonborn_site.http import ApiError
 
 from .events import Event
 from .hub import InProcessHub, OnDisconnect
-from .sse import RETRY
+from .sse import RETRY, sse_response
 
 # An `error` event's code → the HTTP status a JSON (non-streaming) caller gets.
 ERROR_STATUS = {"provider_error": 502, "provider_timeout": 504, "cancelled": 409, "server_shutdown": 503}
@@ -17,7 +20,7 @@ ERROR_STATUS = {"provider_error": 502, "provider_timeout": 504, "cancelled": 409
 
 async def sse_frames(
     hub: InProcessHub, run_id: str, *, after: int, on_disconnect: OnDisconnect | None
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The bytes of one SSE response: `retry:` then the run's frames after `after`, live."""
     info = await hub.info(run_id)
     if info is None or info.last_event_id <= after:
@@ -81,3 +84,37 @@ async def cancel_owned(hub: InProcessHub, run_id: str, owner_id: int) -> None:
     info = await hub.info(run_id)
     if info is not None and info.owner_id == owner_id:
         await hub.cancel(run_id)
+
+
+async def serve_run(
+    hub: InProcessHub,
+    run_id: str,
+    *,
+    owner_id: int,
+    stream: bool,
+    policy: OnDisconnect,
+    location: str,
+    result: Callable[[], Awaitable[dict[str, Any]]],
+    after: int | None = None,
+) -> HttpResponseBase:
+    """Answer a POST that started run `run_id`, or a retry of it (`after` = its Last-Event-ID).
+
+    Streams the run's events; or, for a JSON caller, waits for its end and answers 201 with `result()`.
+    A retried stream whose run is over (or past retention) gets 204 if it had seen events, else JSON.
+    """
+    retry = after is not None
+    start = after or 0
+    if stream:
+        if not retry or await resumable(hub, run_id, owner_id=owner_id, after=start):
+            return sse_response(sse_frames(hub, run_id, after=start, on_disconnect=policy), location=location)
+        if start > 0:
+            return HttpResponse(status=204)
+    info = await hub.info(run_id)
+    if info is not None and info.owner_id == owner_id:
+        if info.done:
+            raise_for_outcome(info.terminal if info.terminal is not None and info.terminal.type == "error" else None)
+        else:
+            raise_for_outcome(await run_outcome(hub, run_id, on_disconnect=policy))
+    response = json_response(await result(), 201)
+    response["Location"] = location
+    return response

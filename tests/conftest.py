@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,20 +70,109 @@ BASE_ENV = {
     "MOONBORN_PROGRESS_FLUSH_SECONDS": "0.2",
     "MOONBORN_LOG_LEVEL": "WARNING",
     "DJANGO_DEBUG": "false",
+    "MOONBORN_SHUTDOWN_DRAIN_SECONDS": "5",
 }
 
 
-@pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated SQLite file, copied for each server (migrating once saves seconds per server)."""
-    path = tmp_path_factory.mktemp("template") / "db.sqlite3"
-    env = {**os.environ, **BASE_ENV, "DATABASE_URL": f"sqlite:///{path}"}
-    manage("migrate", "--noinput", env=env)
-    return path
+# The e2e servers use PostgreSQL when the suite runs with MOONBORN_TEST_DATABASE=postgres.
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def pg_execute(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+class Databases:
+    """Fresh migrated databases for servers: copies of one migrated SQLite file, or PostgreSQL
+    databases made from one migrated template."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.sqlite_template: Path | None = None
+        self.pg_template: str | None = None
+        self.pg_made: list[str] = []
+        self.tag = uuid.uuid4().hex[:8]
+
+    def new(self, kind: str) -> str:
+        if kind == "postgres":
+            if self.pg_template is None:
+                self.pg_template = f"moonborn_e2e_tpl_{self.tag}"
+                pg_execute(f"CREATE DATABASE {self.pg_template}")
+                self.pg_made.append(self.pg_template)
+                url = f"postgres://postgres@127.0.0.1:5432/{self.pg_template}"
+                manage("migrate", "--noinput", env={**os.environ, **BASE_ENV, "DATABASE_URL": url})
+            name = f"moonborn_e2e_{self.tag}_{len(self.pg_made)}"
+            pg_execute(f"CREATE DATABASE {name} TEMPLATE {self.pg_template}")
+            self.pg_made.append(name)
+            return f"postgres://postgres@127.0.0.1:5432/{name}"
+        if self.sqlite_template is None:
+            self.sqlite_template = self.workdir / "template.sqlite3"
+            manage(
+                "migrate",
+                "--noinput",
+                env={**os.environ, **BASE_ENV, "DATABASE_URL": f"sqlite:///{self.sqlite_template}"},
+            )
+        path = self.workdir / f"db-{uuid.uuid4().hex[:8]}.sqlite3"
+        shutil.copy(self.sqlite_template, path)
+        return f"sqlite:///{path}"
+
+    def drop_all(self) -> None:
+        for name in reversed(self.pg_made):
+            pg_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")
-def server_factory(migrated_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator["object"]:
+def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databases]:
+    dbs = Databases(tmp_path_factory.mktemp("databases"))
+    yield dbs
+    dbs.drop_all()
+
+
+DEFAULT_DB_KIND = os.environ.get("MOONBORN_TEST_DATABASE", "sqlite")
+
+
+def start_uvicorn(env: dict[str, str], workdir: Path, keys: dict[str, str]) -> LiveServer:
+    port = free_port()
+    log_path = workdir / f"server-{port}.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "moonborn_site.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    server = LiveServer(f"http://127.0.0.1:{port}", env, process, log_path, keys)
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"uvicorn exited:\n{server.log()}")
+        try:
+            httpx.get(f"{server.base_url}/v1/usage", timeout=1)
+            return server
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"uvicorn did not start:\n{server.log()}") from None
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def server_factory(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator["object"]:
     """Start uvicorn servers on demand, one per distinct environment, shared by the session."""
     servers: dict[tuple[tuple[str, str], ...], LiveServer] = {}
 
@@ -91,50 +181,60 @@ def server_factory(migrated_db: Path, tmp_path_factory: pytest.TempPathFactory) 
         if key in servers and servers[key].process.poll() is None:
             return servers[key]
         workdir = tmp_path_factory.mktemp("server")
-        db_path = workdir / "db.sqlite3"
-        shutil.copy(migrated_db, db_path)
-        env = {**os.environ, **BASE_ENV, **overrides, "DATABASE_URL": f"sqlite:///{db_path}"}
+        env = {**os.environ, **BASE_ENV, "DATABASE_URL": databases.new(DEFAULT_DB_KIND), **overrides}
         keys = {user: manage("create_api_key", user, env=env).strip().splitlines()[-1] for user in ("alice", "bob")}
-        port = free_port()
-        log_path = workdir / "server.log"
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "moonborn_site.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        server = LiveServer(f"http://127.0.0.1:{port}", env, process, log_path, keys)
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited:\n{server.log()}")
-            try:
-                httpx.get(f"{server.base_url}/v1/usage", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    server.stop()
-                    raise RuntimeError(f"uvicorn did not start:\n{server.log()}") from None
-                time.sleep(0.1)
-        servers[key] = server
-        return server
+        servers[key] = start_uvicorn(env, workdir, keys)
+        return servers[key]
 
     yield start
     for server in servers.values():
         server.stop()
+
+
+@dataclass
+class Cluster:
+    """Several uvicorn workers sharing one PostgreSQL database and one Redis."""
+
+    env: dict[str, str]
+    workdir: Path
+    keys: dict[str, str]
+    workers: list[LiveServer]
+
+    def start_worker(self) -> LiveServer:
+        worker = start_uvicorn(self.env, self.workdir, self.keys)
+        self.workers.append(worker)
+        return worker
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@pytest.fixture
+def cluster_factory(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator["object"]:
+    """Start N workers on PostgreSQL + Redis (a Redis key prefix of their own); stopped after the test."""
+    made: list[Cluster] = []
+
+    def start(workers: int = 2, **overrides: str) -> Cluster:
+        workdir = tmp_path_factory.mktemp("cluster")
+        env = {
+            **os.environ,
+            **BASE_ENV,
+            "DATABASE_URL": databases.new("postgres"),
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+            "MOONBORN_REDIS_PREFIX": f"e2e-{uuid.uuid4().hex[:10]}",
+            **overrides,
+        }
+        keys = {user: manage("create_api_key", user, env=env).strip().splitlines()[-1] for user in ("alice", "bob")}
+        cluster = Cluster(env, workdir, keys, [])
+        made.append(cluster)
+        for _ in range(workers):
+            cluster.start_worker()
+        return cluster
+
+    yield start
+    for cluster in made:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -330,5 +330,5 @@ async def test_shutdown_releases_followers_with_the_last_id_and_lets_the_run_fin
         + b'data: {"error":"The server is shutting down; resume this stream.","code":"server_shutdown","retryable":true}\n\n'
     )
     # Leaving because of the shutdown is not a disconnect: the run goes on to its end.
-    await hub.drain(timeout=5)
+    await hub.drain(within=5)
     assert (await hub.info("run1")).terminal == Event("completed", {"messageId": "msg_1"})

@@ -76,11 +76,11 @@ def messages(server: LiveServer, session_id: str, user: str = "alice") -> list[d
     return list(response.json()["results"])
 
 
-def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> float:
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02, explain: Any = None) -> float:
     """Poll until `predicate()` is true; return the seconds it took."""
     start = time.monotonic()
     while not predicate():
         if time.monotonic() - start > timeout:
-            raise AssertionError("condition not met in time")
+            raise AssertionError("condition not met in time" + (f":\n{explain()}" if explain else ""))
         time.sleep(interval)
     return time.monotonic() - start

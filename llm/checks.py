@@ -1,0 +1,14 @@
+"""`manage.py check` (and every command that runs checks) reports bad provider settings."""
+
+from typing import Any
+
+from django.core.checks import Error, register
+
+
+@register()
+def provider_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """One error with one sentence when the MOONBORN_LLM_* / MOONBORN_EMBEDDINGS settings cannot work."""
+    from .providers import configuration_error
+
+    error = configuration_error()
+    return [] if error is None else [Error(error, id="moonborn.E001")]

@@ -1,0 +1,203 @@
+"""The life of a server process around its runs: recovery at start, slow consumers, SIGTERM.
+
+- At start, runs that a dead process left `generating`/`streaming` become `failed` (what they had
+  saved is kept); with Redis a periodic reaper does the same for runs of workers that died.
+- A stream whose client stops reading is dropped after MOONBORN_SSE_WRITE_TIMEOUT_SECONDS of blocked
+  writes; its run then follows its `on_disconnect` policy. The server never buffers for it.
+- On SIGTERM the process takes no new runs (503), releases every follower with a `server_shutdown`
+  error carrying its last event id (so the client resumes elsewhere without a gap), lets its runs
+  finish (up to MOONBORN_SHUTDOWN_DRAIN_SECONDS), then lets the server exit.
+"""
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+
+from .db import db
+from .hub import InProcessHub, get_hub
+from .services import orphan_candidates, orphan_run_fail
+from .sse import open_streams
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ORPHAN_ERROR = "The server running this stopped before it finished."
+
+
+async def reap_orphans(hub: InProcessHub, *, older_than_seconds: float) -> int:
+    """Fail every run in the database that no live process is producing; return how many."""
+    reaped = 0
+    for run_id, owner_id in await db(orphan_candidates, older_than_seconds=older_than_seconds):
+        is_alive = getattr(hub, "is_alive", None)
+        alive = await is_alive(run_id) if is_alive is not None else run_id in hub.local_run_ids()
+        if alive:
+            continue
+        await db(orphan_run_fail, run_id=run_id, error=ORPHAN_ERROR)
+        abandon = getattr(hub, "abandon", None)
+        if abandon is not None:
+            await abandon(run_id, owner_id, ORPHAN_ERROR)
+        logger.warning("run %s was left unfinished by a process that stopped; marked failed", run_id)
+        reaped += 1
+    return reaped
+
+
+def recover_at_start() -> None:
+    """Reap orphans once, before serving (in a thread: the server's event loop may be running)."""
+
+    def work() -> None:
+        async def reap() -> None:
+            if settings.REDIS_URL:
+                from .redis_hub import RedisHub
+
+                hub: InProcessHub = RedisHub(
+                    settings.REDIS_URL,
+                    retention_seconds=settings.MOONBORN_EVENT_RETENTION_SECONDS,
+                    heartbeat_seconds=settings.MOONBORN_SSE_HEARTBEAT_SECONDS,
+                )
+                try:
+                    await reap_orphans(hub, older_than_seconds=settings.MOONBORN_WORKER_TTL_SECONDS)
+                finally:
+                    await hub.aclose()  # type: ignore[attr-defined]
+            else:
+                # One process owns every run of the in-process hub: all unfinished runs are orphans.
+                await reap_orphans(InProcessHub(retention_seconds=1, heartbeat_seconds=1), older_than_seconds=0)
+
+        try:
+            asyncio.run(reap())
+        except Exception:
+            logger.exception("could not recover unfinished runs at start")
+
+    thread = threading.Thread(target=work, name="moonborn-recovery")
+    thread.start()
+    thread.join()
+
+
+class StreamGuard:
+    """ASGI wrapper: drop SSE responses whose writes stay blocked; drain on SIGTERM."""
+
+    def __init__(self, app: Any) -> None:
+        self.app: ASGIApp = app
+        self.write_timeout = settings.MOONBORN_SSE_WRITE_TIMEOUT_SECONDS
+        # The task blocked in a stream write → when the write began.
+        self._blocked: dict[asyncio.Task[Any], float] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._draining = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._loop is None:
+            self._on_first_request()
+        is_stream = False
+        loop = self._loop
+        blocked = self._blocked
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal is_stream
+            if message["type"] == "http.response.start":
+                is_stream = any(
+                    name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+                    for name, value in message.get("headers", ())
+                )
+                await send(message)
+                return
+            if not is_stream:
+                await send(message)
+                return
+            task = asyncio.current_task()
+            assert task is not None and loop is not None
+            blocked[task] = loop.time()
+            try:
+                await send(message)
+            finally:
+                blocked.pop(task, None)
+
+        streams: list[Any] = []
+        token = open_streams.set(streams)
+        try:
+            await self.app(scope, receive, guarded_send)
+        finally:
+            open_streams.reset(token)
+            for frames in streams:
+                # Runs the follower's clean-up now (a dropped slow client, an aborted response).
+                await frames.aclose()
+
+    def _on_first_request(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._spawn(self._watch_writes())
+        self._spawn(self._reap_periodically())
+        if threading.current_thread() is threading.main_thread():
+            self._install_sigterm()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        assert self._loop is not None
+        task: asyncio.Task[Any] = self._loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch_writes(self) -> None:
+        assert self._loop is not None
+        interval = max(0.05, min(1.0, self.write_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = self._loop.time()
+            for task, since in list(self._blocked.items()):
+                if now - since > self.write_timeout:
+                    self._blocked.pop(task, None)
+                    logger.warning("dropping a stream whose client stopped reading for %.0f s", now - since)
+                    # As if the client had disconnected: Django closes the response's iterator and
+                    # the run follows its on_disconnect policy.
+                    task.cancel()
+
+    async def _reap_periodically(self) -> None:
+        hub = get_hub()
+        if not hasattr(hub, "is_alive"):
+            return  # The in-process hub's orphans were all reaped at start.
+        while True:
+            await asyncio.sleep(settings.MOONBORN_REAPER_SECONDS)
+            try:
+                await reap_orphans(hub, older_than_seconds=2 * settings.MOONBORN_WORKER_TTL_SECONDS)
+            except Exception:
+                logger.exception("the reaper failed; it will try again")
+
+    def _install_sigterm(self) -> None:
+        previous = signal.getsignal(signal.SIGTERM)
+        loop = self._loop
+        assert loop is not None
+
+        def handle(sig: int, frame: FrameType | None) -> None:
+            if self._draining:
+                self._exit(previous, sig, frame)
+                return
+            self._draining = True
+            loop.call_soon_threadsafe(self._spawn, self._drain_then_exit(previous, sig))
+
+        signal.signal(signal.SIGTERM, handle)
+
+    async def _drain_then_exit(self, previous: Any, sig: int) -> None:
+        hub = get_hub()
+        logger.info("SIGTERM: releasing followers and finishing runs before exit")
+        hub.begin_shutdown()
+        await hub.drain(settings.MOONBORN_SHUTDOWN_DRAIN_SECONDS)
+        self._exit(previous, sig, None)
+
+    @staticmethod
+    def _exit(previous: Any, sig: int, frame: FrameType | None) -> None:
+        if callable(previous):
+            previous(sig, frame)  # The server's own handler (uvicorn's): a graceful exit.
+        else:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(sig)
