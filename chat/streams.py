@@ -18,7 +18,7 @@ from runs.db import db
 from runs.hub import InProcessHub, OnDisconnect, get_hub
 from runs.idempotency import claim_or_replay
 from runs.sse import sse_response
-from runs.streaming import cancel_owned, check_capacity, resumable, serve_run, sse_frames
+from runs.streaming import cancel_owned, check_capacity, resumable, serve_run, sse_frames, start_run
 
 from . import services
 from .models import ChatSession, Message
@@ -69,8 +69,8 @@ async def message_create(request: HttpRequest, user: AbstractBaseUser, session_i
         raise
     if claim is not None:
         await claim.bind(job.assistant_message_id)
-    await hub.start(
-        job.assistant_message_id, owner_id=user.pk, flow=generate_reply(job, provider), on_disconnect=policy
+    await start_run(
+        hub, job.assistant_message_id, owner_id=user.pk, flow=generate_reply(job, provider), on_disconnect=policy
     )
     return await _serve(hub, session_id, job.assistant_message_id, user.pk, stream=stream, policy=policy)
 

@@ -58,6 +58,8 @@ async def generate_persona(job: PipelineInput, provider: Provider) -> AsyncItera
             if step == "card_compile":
                 anchors = drift_anchor_texts(state)
                 calibrated = await asyncio.to_thread(calibrate_persona, anchors)
+            # The name the upstream reported (e.g. a dated snapshot), else the configured one.
+            model = usage.model or provider.model
             await db(
                 services.persona_step_complete,
                 persona_id=job.persona_id,
@@ -66,11 +68,9 @@ async def generate_persona(job: PipelineInput, provider: Provider) -> AsyncItera
                 raw_output=text,
                 fallback_fields=list(result.fallback_fields),
                 duration_ms=duration,
+                model=model,
             )
-            # The name the upstream reported (e.g. a dated snapshot), else the configured one.
-            yield Event(
-                "step.completed", {"step": step, "durationMs": duration, "model": usage.model or provider.model}
-            )
+            yield Event("step.completed", {"step": step, "durationMs": duration, "model": model})
         compiled = state.outputs["card_compile"]
         total = _ms(started)
         await db(

@@ -57,9 +57,11 @@ def persona_step_complete(
     raw_output: str,
     fallback_fields: list[str],
     duration_ms: int,
+    model: str,
 ) -> None:
     PersonaStep.objects.filter(persona_id=persona_id, name=name).update(
         status=PersonaStep.Status.COMPLETED,
+        model=model,
         output=output,
         raw_output=raw_output,
         fallback_fields=fallback_fields,

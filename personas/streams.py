@@ -18,7 +18,7 @@ from runs.db import db
 from runs.hub import InProcessHub, OnDisconnect, get_hub
 from runs.idempotency import claim_or_replay
 from runs.sse import sse_response
-from runs.streaming import cancel_owned, check_capacity, resumable, serve_run, sse_frames
+from runs.streaming import cancel_owned, check_capacity, resumable, serve_run, sse_frames, start_run
 
 from . import services
 from .models import Persona
@@ -67,7 +67,7 @@ async def persona_create(request: HttpRequest, user: AbstractBaseUser) -> HttpRe
     if claim is not None:
         await claim.bind(persona.id)
     job = PipelineInput(persona_id=persona.id, usage_id=usage.id, prompt=persona.prompt, name_hint=persona.name)
-    await hub.start(persona.id, owner_id=user.pk, flow=generate_persona(job, provider), on_disconnect=policy)
+    await start_run(hub, persona.id, owner_id=user.pk, flow=generate_persona(job, provider), on_disconnect=policy)
     return await _serve(hub, persona.id, user.pk, stream=stream, policy=policy)
 
 

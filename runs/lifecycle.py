@@ -43,7 +43,8 @@ async def reap_orphans(hub: InProcessHub, *, older_than_seconds: float) -> int:
         alive = await is_alive(run_id) if is_alive is not None else run_id in hub.local_run_ids()
         if alive:
             continue
-        await db(orphan_run_fail, run_id=run_id, error=ORPHAN_ERROR)
+        if not await db(orphan_run_fail, run_id=run_id, error=ORPHAN_ERROR):
+            continue
         abandon = getattr(hub, "abandon", None)
         if abandon is not None:
             await abandon(run_id, owner_id, ORPHAN_ERROR)

@@ -40,10 +40,14 @@ class RedisHub(InProcessHub):
         heartbeat_seconds: float,
         worker_ttl_seconds: float = 15.0,
         prefix: str | None = None,
+        max_connections: int = 1000,
     ) -> None:
         super().__init__(retention_seconds=retention_seconds, heartbeat_seconds=heartbeat_seconds)
+        # A blocking pool: under load a command waits for a free connection instead of failing.
+        # Each mirrored remote run holds one connection in its blocking XREAD.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10)
         # Typed loosely: redis-py answers bytes here (no decode_responses), which its stubs do not know.
-        self.redis: Any = aioredis.from_url(url)
+        self.redis: Any = aioredis.Redis(connection_pool=pool)
         self.prefix = prefix or settings.MOONBORN_REDIS_PREFIX
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.worker_ttl = worker_ttl_seconds
@@ -155,19 +159,30 @@ class RedisHub(InProcessHub):
             batch = [await queue.get()]
             while not queue.empty():
                 batch.append(queue.get_nowait())
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for frame, event in batch:
-                    written += 1
-                    pipe.xadd(key, {"f": frame, "t": event.type}, id=f"0-{written}")
-                terminal = next((event for _, event in batch if event.is_terminal), None)
-                if terminal is not None:
-                    pipe.hset(self._meta_key(run.id), mapping={"done": 1, "terminal": json.dumps(terminal.data)})
-                    pipe.srem(self._active_key(run.owner_id), run.id)
-                    pipe.pexpire(self._meta_key(run.id), self._retention_ms)
-                    pipe.pexpire(key, self._retention_ms)
-                else:
-                    pipe.expire(key, RUNNING_TTL_SECONDS)
-                await pipe.execute()
+            terminal = next((event for _, event in batch if event.is_terminal), None)
+            for attempt in range(5):
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for number, (frame, event) in enumerate(batch, start=written + 1):
+                            # An explicit entry id makes a retried batch idempotent (XADD refuses old ids).
+                            pipe.xadd(key, {"f": frame, "t": event.type}, id=f"0-{number}")
+                        if terminal is not None:
+                            pipe.hset(
+                                self._meta_key(run.id), mapping={"done": 1, "terminal": json.dumps(terminal.data)}
+                            )
+                            pipe.srem(self._active_key(run.owner_id), run.id)
+                            pipe.pexpire(self._meta_key(run.id), self._retention_ms)
+                            pipe.pexpire(key, self._retention_ms)
+                        else:
+                            pipe.expire(key, RUNNING_TTL_SECONDS)
+                        await pipe.execute(raise_on_error=False)
+                    break
+                except aioredis.RedisError:
+                    logger.warning("run %s: writing events to Redis failed (attempt %d)", run.id, attempt + 1)
+                    await asyncio.sleep(0.1 * 2**attempt)
+            else:
+                logger.error("run %s: events %d+ could not be written to Redis", run.id, written + 1)
+            written += len(batch)
             if terminal is not None:
                 return
 

@@ -23,20 +23,24 @@ def orphan_candidates(*, older_than_seconds: float) -> list[tuple[str, int]]:
 
 
 @transaction.atomic
-def orphan_run_fail(*, run_id: str, error: str) -> None:
-    """Mark a run whose process died `failed`, keeping what it had saved; freeze its usage."""
+def orphan_run_fail(*, run_id: str, error: str) -> bool:
+    """Mark a run whose process died `failed`, keeping what it had saved; freeze its usage.
+
+    Returns False when the run had already ended (another worker's reaper got there first).
+    """
     now = timezone.now()
     if run_id.startswith("per_"):
-        Persona.objects.filter(pk=run_id, status=Persona.Status.GENERATING).update(
+        changed = Persona.objects.filter(pk=run_id, status=Persona.Status.GENERATING).update(
             status=Persona.Status.FAILED, error=error, completed_at=now, updated_at=now
         )
         PersonaStep.objects.filter(persona_id=run_id, status=PersonaStep.Status.RUNNING).update(
             status=PersonaStep.Status.FAILED, completed_at=now
         )
     else:
-        Message.objects.filter(pk=run_id, status=Message.Status.STREAMING).update(
+        changed = Message.objects.filter(pk=run_id, status=Message.Status.STREAMING).update(
             status=Message.Status.FAILED, error=error, completed_at=now
         )
     UsageRecord.objects.filter(run_id=run_id, status=UsageRecord.Status.RUNNING).update(
         status=UsageRecord.Status.FAILED, ended_at=now
     )
+    return changed > 0

@@ -1,6 +1,7 @@
 """What the views use to serve a run: SSE frames for a follower, or its outcome for a JSON caller."""
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -10,9 +11,13 @@ from django.http import HttpResponse, HttpResponseBase
 from moonborn_site.api import json_response
 from moonborn_site.http import ApiError
 
+from .db import db
 from .events import Event
 from .hub import InProcessHub, OnDisconnect
+from .services import orphan_run_fail
 from .sse import RETRY, sse_response
+
+logger = logging.getLogger(__name__)
 
 # An `error` event's code → the HTTP status a JSON (non-streaming) caller gets.
 ERROR_STATUS = {"provider_error": 502, "provider_timeout": 504, "cancelled": 409, "server_shutdown": 503}
@@ -118,3 +123,20 @@ async def serve_run(
     response = json_response(await result(), 201)
     response["Location"] = location
     return response
+
+
+async def start_run(
+    hub: InProcessHub, run_id: str, *, owner_id: int, flow: AsyncIterator[Event], on_disconnect: OnDisconnect
+) -> None:
+    """Start a run whose rows exist; if the hub cannot take it, fail those rows and answer 503."""
+    try:
+        await hub.start(run_id, owner_id=owner_id, flow=flow, on_disconnect=on_disconnect)
+    except Exception:
+        logger.exception("could not start run %s", run_id)
+        aclose = getattr(flow, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await db(orphan_run_fail, run_id=run_id, error="The run could not be started.")
+        error = ApiError(503, "The run could not be started; retry.", code="service_unavailable")
+        error.headers["Retry-After"] = "1"
+        raise error from None

@@ -15,7 +15,6 @@ from runs.hub import InProcessHub, OnDisconnect, RunNotFound
 from runs.redis_hub import RedisHub
 from runs.sse import HEARTBEAT, encode_event
 
-
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -31,8 +30,13 @@ async def make_hub(request):
         if request.param == "memory":
             hub = InProcessHub(retention_seconds=retention, heartbeat_seconds=heartbeat)
         else:
-            hub = RedisHub(REDIS_URL, retention_seconds=retention, heartbeat_seconds=heartbeat, prefix=prefix,
-                           worker_ttl_seconds=kwargs.get("worker_ttl", 15))
+            hub = RedisHub(
+                REDIS_URL,
+                retention_seconds=retention,
+                heartbeat_seconds=heartbeat,
+                prefix=prefix,
+                worker_ttl_seconds=kwargs.get("worker_ttl", 15),
+            )
         made.append(hub)
         return hub
 
@@ -124,7 +128,9 @@ async def test_heartbeat_while_quiet(make_hub):
 async def test_last_follower_leaving_cancels_a_cancel_run(make_hub):
     hub = make_hub()
     cleanup: list[str] = []
-    await hub.start("run1", owner_id=1, flow=ticking(1000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CANCEL)
+    await hub.start(
+        "run1", owner_id=1, flow=ticking(1000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CANCEL
+    )
     async with aclosing(hub.follow("run1")) as frames:
         async for _ in frames:
             break
@@ -158,7 +164,9 @@ async def test_run_keeps_going_while_another_follower_remains(make_hub):
 async def test_follower_policy_overrides_the_run_policy(make_hub):
     hub = make_hub()
     cleanup: list[str] = []
-    await hub.start("run1", owner_id=1, flow=ticking(1000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start(
+        "run1", owner_id=1, flow=ticking(1000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CONTINUE
+    )
     async with aclosing(hub.follow("run1", on_disconnect=OnDisconnect.CANCEL)) as frames:
         async for _ in frames:
             break
@@ -169,7 +177,9 @@ async def test_follower_policy_overrides_the_run_policy(make_hub):
 async def test_cancel_waits_for_clean_up(make_hub):
     hub = make_hub()
     cleanup: list[str] = []
-    await hub.start("run1", owner_id=1, flow=ticking(1000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.start(
+        "run1", owner_id=1, flow=ticking(1000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CONTINUE
+    )
     await asyncio.sleep(0.03)
     assert await hub.cancel("run1") is True
     assert cleanup == ["cancelled"]
@@ -262,8 +272,9 @@ async def test_resume_on_another_worker_replays_exactly_the_rest(two_workers):
 async def test_cancel_through_another_worker_stops_the_run(two_workers):
     a, b = two_workers
     cleanup: list[str] = []
-    await a.start("run1", owner_id=1, flow=ticking(10_000, delay=0.01, cleanup=cleanup),
-                  on_disconnect=OnDisconnect.CONTINUE)
+    await a.start(
+        "run1", owner_id=1, flow=ticking(10_000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CONTINUE
+    )
     await asyncio.sleep(0.05)
     started = asyncio.get_running_loop().time()
     assert await b.cancel("run1") is True
@@ -277,8 +288,9 @@ async def test_cancel_through_another_worker_stops_the_run(two_workers):
 async def test_last_follower_leaving_on_another_worker_cancels(two_workers):
     a, b = two_workers
     cleanup: list[str] = []
-    await a.start("run1", owner_id=1, flow=ticking(10_000, delay=0.01, cleanup=cleanup),
-                  on_disconnect=OnDisconnect.CANCEL)
+    await a.start(
+        "run1", owner_id=1, flow=ticking(10_000, delay=0.01, cleanup=cleanup), on_disconnect=OnDisconnect.CANCEL
+    )
     async with aclosing(b.follow("run1")) as frames:
         async for _ in frames:
             break
@@ -309,7 +321,9 @@ async def test_a_run_whose_worker_died_is_detected_and_abandoned(two_workers):
     await asyncio.sleep(0.05)
     await b.abandon("run1", 1, "The server running this run stopped.")
     body = await asyncio.wait_for(follower, timeout=3)
-    assert body.endswith(b'event: error\ndata: {"error":"The server running this run stopped.","code":"internal_error","retryable":true}\n\n')
+    assert body.endswith(
+        b'event: error\ndata: {"error":"The server running this run stopped.","code":"internal_error","retryable":true}\n\n'
+    )
     assert await b.active_count(1) == 0
     a._runs["run1"].task.cancel()
 

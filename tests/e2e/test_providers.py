@@ -85,6 +85,8 @@ def test_persona_and_chat_stream_the_upstreams_tokens(upstream: tuple[FakeUpstre
     assert persona["status"] == "ready"
     # Every answer parsed; only card_compile's personality was empty (the fake answers each step alone).
     assert [s["fallbackFields"] for s in persona["steps"]] == [[], [], [], [], [], ["personality"]]
+    # The stored steps carry the upstream's model name too, as the events did.
+    assert {s["model"] for s in persona["steps"]} == {"fake-model" + MODEL_SUFFIX}
 
     session_id = make_session(server, persona_id)
     fake.reset()

@@ -1,0 +1,405 @@
+// Moonborn TypeScript SDK: fetch-based, zero runtime dependencies, Node 18+ and browsers.
+/** Base class of every error the SDK throws. */
+export class MoonbornError extends Error {
+    constructor(message) {
+        super(message);
+        this.name = "MoonbornError";
+    }
+}
+/** A non-2xx answer, carrying the api.md `code` (e.g. `validation_error`, `not_found`). */
+export class APIError extends MoonbornError {
+    status;
+    code;
+    details;
+    retryAfter;
+    constructor(status, code, message, details, retryAfter) {
+        super(message);
+        this.name = "APIError";
+        this.status = status;
+        this.code = code;
+        this.details = details;
+        this.retryAfter = retryAfter;
+    }
+}
+/** The server could not be reached, or a dropped stream could not be resumed. */
+export class ConnectionError extends MoonbornError {
+    constructor(message, options) {
+        super(message);
+        this.name = "ConnectionError";
+        if (options?.cause !== undefined)
+            this.cause = options.cause;
+    }
+}
+async function errorFrom(response) {
+    let code = "http_error";
+    let message = `HTTP ${response.status}`;
+    let details = {};
+    try {
+        const body = (await response.json());
+        code = body.error?.code ?? code;
+        message = body.error?.message ?? message;
+        details = body.error?.details ?? {};
+    }
+    catch {
+        // Not the API's JSON error body (a proxy page, say): the status alone must do.
+    }
+    const retryAfter = response.headers.get("Retry-After");
+    return new APIError(response.status, code, message, details, retryAfter === null ? null : Number(retryAfter));
+}
+const TERMINAL = new Set(["pipeline.completed", "completed", "error"]);
+/** Decode an SSE body by the WHATWG rules: comments skipped, a blank line dispatches only when data was seen. */
+async function* decodeEvents(body, onRetry) {
+    const reader = body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    let id = "";
+    let event = "";
+    let data = [];
+    try {
+        for (;;) {
+            const { value, done } = await reader.read();
+            if (done)
+                return;
+            buffer += decoder.decode(value, { stream: true });
+            let newline;
+            while ((newline = buffer.search(/\r\n|\r|\n/)) >= 0) {
+                if (buffer[newline] === "\r" && newline === buffer.length - 1)
+                    break; // maybe half of \r\n
+                let line = buffer.slice(0, newline);
+                buffer = buffer.slice(newline + (buffer.startsWith("\r\n", newline) ? 2 : 1));
+                if (line === "") {
+                    if (data.length > 0)
+                        yield { id, event: event || "message", data: data.join("\n") };
+                    event = "";
+                    data = [];
+                    continue;
+                }
+                if (line.startsWith(":"))
+                    continue;
+                const colon = line.indexOf(":");
+                const field = colon < 0 ? line : line.slice(0, colon);
+                let val = colon < 0 ? "" : line.slice(colon + 1);
+                if (val.startsWith(" "))
+                    val = val.slice(1);
+                if (field === "id") {
+                    if (!val.includes("\0"))
+                        id = val;
+                }
+                else if (field === "event")
+                    event = val;
+                else if (field === "data")
+                    data.push(val);
+                else if (field === "retry" && /^\d+$/.test(val))
+                    onRetry(Number(val));
+                line = "";
+            }
+        }
+    }
+    finally {
+        reader.releaseLock();
+        await body.cancel().catch(() => undefined);
+    }
+}
+/**
+ * A live stream: `for await (const event of stream)`. Resumes after a dropped connection with
+ * Last-Event-ID; `cancel()` (or aborting the signal) stops the run on the server.
+ */
+export class EventStream {
+    /** The resource being produced (the `Location` header), once known. */
+    location = null;
+    lastEventId = 0;
+    done = false;
+    /** Every token's delta so far (chat replies). */
+    text = "";
+    client;
+    open;
+    cancelOnReturn;
+    userSignal;
+    controller = new AbortController();
+    retryMs = null;
+    started = false;
+    cancelled = false;
+    /** @internal */
+    constructor(client, open, options) {
+        this.client = client;
+        this.open = open;
+        this.cancelOnReturn = options.cancelOnReturn;
+        this.userSignal = options.signal;
+    }
+    /** Stop the run on the server; the stream then ends with its terminal `error` event (code `cancelled`). */
+    async cancel() {
+        if (this.location === null)
+            throw new MoonbornError("This stream has no run to cancel yet.");
+        this.cancelled = true;
+        await this.client.request("POST", `${this.location}/cancel`);
+    }
+    [Symbol.asyncIterator]() {
+        if (this.started)
+            throw new MoonbornError("An EventStream can be iterated only once.");
+        this.started = true;
+        return this.iterate();
+    }
+    async *iterate() {
+        let stopping = null;
+        const onAbort = () => {
+            // abort = cancel: stop the run server-side and drop the connection at once.
+            if (this.location !== null && !this.done)
+                stopping = this.cancel().catch(() => undefined);
+            this.controller.abort(this.userSignal?.reason);
+        };
+        if (this.userSignal?.aborted)
+            throw this.userSignal.reason;
+        this.userSignal?.addEventListener("abort", onAbort, { once: true });
+        let failures = 0;
+        let finished = false;
+        try {
+            let response = await this.send({});
+            for (;;) {
+                if (response === null) {
+                    this.done = true;
+                    finished = true;
+                    return;
+                }
+                let cause;
+                try {
+                    for await (const raw of decodeEvents(response.body, (ms) => (this.retryMs = ms))) {
+                        if (this.userSignal?.aborted)
+                            throw this.userSignal.reason;
+                        const event = { id: Number(raw.id) || 0, type: raw.event, data: JSON.parse(raw.data) };
+                        if (event.id)
+                            this.lastEventId = event.id;
+                        if (event.type === "token")
+                            this.text += event.data.delta;
+                        failures = 0;
+                        if (TERMINAL.has(event.type)) {
+                            this.done = true;
+                            finished = true;
+                        }
+                        yield event;
+                        if (finished)
+                            return;
+                    }
+                }
+                catch (error) {
+                    if (this.userSignal?.aborted)
+                        throw this.userSignal.reason;
+                    if (error instanceof SyntaxError)
+                        throw error;
+                    cause = error;
+                }
+                // The connection ended before the terminal event: resume after the last event seen.
+                response = null;
+                while (response === null) {
+                    failures += 1;
+                    if (this.location === null || failures > this.client.maxReconnects) {
+                        throw new ConnectionError("The stream dropped and could not be resumed.", { cause });
+                    }
+                    await sleep(this.client.reconnectDelayMs ?? this.retryMs ?? 3000, this.controller.signal);
+                    try {
+                        const resumed = await this.send({ "Last-Event-ID": String(this.lastEventId) }, `${this.location}/events`);
+                        if (resumed === null) {
+                            this.done = true;
+                            finished = true;
+                            return;
+                        }
+                        response = resumed;
+                    }
+                    catch (error) {
+                        if (error instanceof APIError || this.userSignal?.aborted)
+                            throw error;
+                        cause = error;
+                    }
+                }
+            }
+        }
+        finally {
+            this.userSignal?.removeEventListener("abort", onAbort);
+            if (stopping !== null)
+                await stopping;
+            if (!finished && this.cancelOnReturn && !this.cancelled && !this.userSignal?.aborted && this.location !== null) {
+                // Leaving a reply early stops it, as the server does when a client disconnects.
+                await this.cancel().catch(() => undefined);
+            }
+            this.controller.abort();
+        }
+    }
+    async send(extra, resumeUrl) {
+        const headers = { Accept: "text/event-stream", ...extra };
+        let response;
+        try {
+            response = resumeUrl
+                ? await this.client.fetchApi(resumeUrl, { headers, signal: this.controller.signal })
+                : await this.open(headers, this.controller.signal);
+        }
+        catch (error) {
+            if (this.userSignal?.aborted)
+                throw this.userSignal.reason;
+            throw new ConnectionError(`Could not reach ${this.client.baseUrl}: ${String(error)}`, { cause: error });
+        }
+        if (response.status === 204)
+            return null;
+        if (!response.ok)
+            throw await errorFrom(response);
+        const type = response.headers.get("Content-Type") ?? "";
+        if (!type.startsWith("text/event-stream")) {
+            await response.body?.cancel();
+            throw new APIError(response.status, "not_a_stream", `Expected an event stream, got ${type || "nothing"}.`, {}, null);
+        }
+        this.location = response.headers.get("Location") ?? this.location;
+        return response;
+    }
+    /** Read the rest of the stream and return its events. */
+    async all() {
+        const out = [];
+        for await (const event of this)
+            out.push(event);
+        return out;
+    }
+}
+function sleep(ms, signal) {
+    return new Promise((resolve) => {
+        const timer = setTimeout(resolve, ms);
+        signal.addEventListener("abort", () => {
+            clearTimeout(timer);
+            resolve();
+        }, { once: true });
+    });
+}
+/** The Moonborn client: `new Moonborn({ apiKey, baseUrl })`. */
+export class Moonborn {
+    baseUrl;
+    maxReconnects;
+    reconnectDelayMs;
+    personas;
+    chat;
+    apiKey;
+    fetchImpl;
+    constructor(options) {
+        if (!options?.apiKey)
+            throw new MoonbornError("apiKey is required.");
+        this.apiKey = options.apiKey;
+        this.baseUrl = (options.baseUrl ?? "http://127.0.0.1:8000").replace(/\/+$/, "");
+        this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
+        this.maxReconnects = options.maxReconnects ?? 5;
+        this.reconnectDelayMs = options.reconnectDelayMs;
+        this.personas = new Personas(this);
+        this.chat = new Chat(this);
+    }
+    /** @internal */
+    fetchApi(path, init = {}) {
+        return this.fetchImpl(`${this.baseUrl}${path}`, {
+            ...init,
+            headers: { Authorization: `Bearer ${this.apiKey}`, ...init.headers },
+        });
+    }
+    /** One JSON call; throws APIError for an error answer, ConnectionError when unreachable. */
+    async request(method, path, body) {
+        const headers = { Accept: "application/json" };
+        if (body !== undefined)
+            headers["Content-Type"] = "application/json";
+        let response;
+        try {
+            response = await this.fetchApi(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+        }
+        catch (error) {
+            throw new ConnectionError(`Could not reach ${this.baseUrl}: ${String(error)}`, { cause: error });
+        }
+        if (!response.ok)
+            throw await errorFrom(response);
+        if (response.status === 204)
+            return undefined;
+        return (await response.json());
+    }
+    /** @internal */
+    stream(method, path, body, options) {
+        const open = (headers, signal) => this.fetchApi(path, {
+            method,
+            signal,
+            headers: body === undefined ? headers : { ...headers, "Content-Type": "application/json" },
+            body: body === undefined ? undefined : JSON.stringify(body),
+        });
+        return new EventStream(this, open, options);
+    }
+}
+class Personas {
+    client;
+    constructor(client) {
+        this.client = client;
+    }
+    /** Generate a persona, streaming its six steps. */
+    createStream(prompt, options = {}) {
+        const { signal, ...rest } = options;
+        return this.client.stream("POST", "/v1/personas", { prompt, ...rest }, { signal, cancelOnReturn: false });
+    }
+    /** Generate a persona and resolve with it finished. */
+    create(prompt, options = {}) {
+        return this.client.request("POST", "/v1/personas", { prompt, ...options });
+    }
+    /** Replay a generation's events after `lastEventId` and follow it to its end. */
+    events(personaId, options = {}) {
+        const { lastEventId = 0, signal } = options;
+        return this.client.stream("GET", `/v1/personas/${personaId}/events?lastEventId=${lastEventId}`, undefined, {
+            signal,
+            cancelOnReturn: false,
+        });
+    }
+    get(personaId) {
+        return this.client.request("GET", `/v1/personas/${personaId}`);
+    }
+    list() {
+        return this.client.request("GET", "/v1/personas");
+    }
+    delete(personaId) {
+        return this.client.request("DELETE", `/v1/personas/${personaId}`);
+    }
+    cancel(personaId) {
+        return this.client.request("POST", `/v1/personas/${personaId}/cancel`);
+    }
+}
+class Sessions {
+    client;
+    constructor(client) {
+        this.client = client;
+    }
+    create(personaId) {
+        return this.client.request("POST", "/v1/chat/sessions", { personaId });
+    }
+    get(sessionId) {
+        return this.client.request("GET", `/v1/chat/sessions/${sessionId}`);
+    }
+    list() {
+        return this.client.request("GET", "/v1/chat/sessions");
+    }
+    delete(sessionId) {
+        return this.client.request("DELETE", `/v1/chat/sessions/${sessionId}`);
+    }
+}
+class Chat {
+    client;
+    sessions;
+    constructor(client) {
+        this.client = client;
+        this.sessions = new Sessions(client);
+    }
+    /** Send a message and stream the reply token by token. */
+    streamMessage(sessionId, content, options = {}) {
+        const policy = options.onDisconnect ?? "continue";
+        return this.client.stream("POST", `/v1/chat/sessions/${sessionId}/messages?on_disconnect=${policy}`, { content }, { signal: options.signal, cancelOnReturn: true });
+    }
+    /** Send a message and resolve with the finished reply. */
+    sendMessage(sessionId, content) {
+        return this.client.request("POST", `/v1/chat/sessions/${sessionId}/messages`, { content });
+    }
+    /** The conversation, in order. */
+    messages(sessionId) {
+        return this.client.request("GET", `/v1/chat/sessions/${sessionId}/messages`);
+    }
+    /** Replay a reply's events after `lastEventId` and follow it to its end. */
+    events(sessionId, messageId, options = {}) {
+        const { lastEventId = 0, signal } = options;
+        return this.client.stream("GET", `/v1/chat/sessions/${sessionId}/messages/${messageId}/events?lastEventId=${lastEventId}`, undefined, { signal, cancelOnReturn: false });
+    }
+    cancel(sessionId, messageId) {
+        return this.client.request("POST", `/v1/chat/sessions/${sessionId}/messages/${messageId}/cancel`);
+    }
+}
