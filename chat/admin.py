@@ -1,17 +1,28 @@
-"""Admin for chat sessions and messages, read-only, with the drift flag of each reply visible."""
+"""Admin for chat sessions and messages, read-only, with the drift flag of each reply visible.
+
+The one thing an admin writes here is a review: the flag queue (and the list actions) mark a reply in or out of
+character, and in-character verdicts join the persona's calibration (``services.message_review``).
+"""
 
 import json
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpRequest
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
 
+from . import services
+from .charts import sparkline
 from .models import ChatSession, Message
+
+FLAG_QUEUE_SIZE = 100
 
 EMPTY = "—"
 EXCERPT_CHARS = 80
@@ -87,6 +98,7 @@ class ChatSessionAdmin(admin.ModelAdmin):
         "message_count",
         "flagged_count",
         "drift_ewma_display",
+        "sustained_display",
         "created_at",
     )
     list_select_related = ("persona", "owner")
@@ -101,6 +113,9 @@ class ChatSessionAdmin(admin.ModelAdmin):
         "message_count",
         "flagged_count",
         "drift_ewma_display",
+        "drift_streak",
+        "sustained_display",
+        "drift_sparkline",
         "created_at",
         "updated_at",
     )
@@ -135,6 +150,28 @@ class ChatSessionAdmin(admin.ModelAdmin):
     def drift_ewma_display(self, session: ChatSession) -> str:
         return format_score(session.drift_ewma)
 
+    @admin.display(description="sustained drift", ordering="sustained_drift_at")
+    def sustained_display(self, session: ChatSession) -> SafeString:
+        if session.sustained_drift_at is None:
+            return format_html("{}", "no")
+        return format_html(
+            '<span class="sustained-drift" style="color: #ba2121; font-weight: bold;">since {}</span>',
+            session.sustained_drift_at.strftime("%Y-%m-%d %H:%M"),
+        )
+
+    @admin.display(description="drift per turn")
+    def drift_sparkline(self, session: ChatSession) -> SafeString:
+        turns = list(session.messages.filter(role=Message.Role.ASSISTANT, drift_score__isnull=False).order_by("index"))
+        if not turns:
+            return format_html("{}", EMPTY)
+        chart = sparkline(
+            [m.drift_score for m in turns],
+            [m.flagged for m in turns],
+            threshold=session.persona.drift_threshold,
+            chart_id=f"spark-{session.pk}",
+        )
+        return mark_safe(chart)  # built by chat.charts, every label escaped
+
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
@@ -149,10 +186,12 @@ class MessageAdmin(admin.ModelAdmin):
         "drift_score_display",
         "threshold_display",
         "flag",
+        "review",
         "created_at",
     )
     list_select_related = ("session", "session__persona")
-    list_filter = ("flagged", "session__persona", "role", "status")
+    list_filter = ("flagged", "review", "session__persona", "role", "status")
+    actions = ("mark_in_character", "mark_out_of_character", "clear_review")
     search_fields = ("id", "content", "session__id")
     ordering = ("-created_at",)
     fields = (
@@ -168,6 +207,9 @@ class MessageAdmin(admin.ModelAdmin):
         "drift_score_display",
         "threshold_display",
         "flag",
+        "review",
+        "reviewed_by",
+        "reviewed_at",
         "drift_components_pretty",
         "created_at",
         "completed_at",
@@ -213,3 +255,76 @@ class MessageAdmin(admin.ModelAdmin):
     def drift_components_pretty(self, message: Message) -> SafeString:
         text = json.dumps(message.drift_components, indent=2, ensure_ascii=False)
         return format_html('<pre style="white-space: pre-wrap; margin: 0;">{}</pre>', text)
+
+    # -- reviews: the flag queue and the list actions -----------------------------------------------------------
+
+    def has_review_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("chat.change_message"))
+
+    def _review(self, request: HttpRequest, queryset: QuerySet[Message], review: str) -> None:
+        reviewer = request.user.pk if isinstance(request.user.pk, int) else None
+        done = 0
+        for pk in queryset.filter(role=Message.Role.ASSISTANT, drift_score__isnull=False).values_list("pk", flat=True):
+            services.message_review(message_id=pk, review=review, reviewer_id=reviewer)
+            done += 1
+        label = dict(Message.Review.choices).get(review, "not reviewed")
+        self.message_user(request, f"{done} repl{'y' if done == 1 else 'ies'} marked {label}; calibration updated.")
+
+    @admin.action(description="Mark in character (joins the persona's calibration)", permissions=["review"])
+    def mark_in_character(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        self._review(request, queryset, Message.Review.IN_CHARACTER)
+
+    @admin.action(description="Mark out of character", permissions=["review"])
+    def mark_out_of_character(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        self._review(request, queryset, Message.Review.OUT_OF_CHARACTER)
+
+    @admin.action(description="Clear the review", permissions=["review"])
+    def clear_review(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        self._review(request, queryset, "")
+
+    def get_urls(self) -> list[URLPattern]:
+        own = [
+            path("flag-queue/", self.admin_site.admin_view(self.flag_queue_view), name="chat_message_flag_queue"),
+        ]
+        return own + super().get_urls()
+
+    def flag_queue_view(self, request: HttpRequest) -> HttpResponse:
+        """Flagged replies nobody has reviewed yet, newest first, each with in/out-of-character buttons."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            if not self.has_review_permission(request):
+                raise PermissionDenied
+            review = request.POST.get("review", "")
+            if review not in Message.Review.values:
+                self.message_user(request, "Choose in character or out of character.", messages.ERROR)
+            else:
+                try:
+                    message = services.message_review(
+                        message_id=request.POST.get("message", ""),
+                        review=review,
+                        reviewer_id=request.user.pk if isinstance(request.user.pk, int) else None,
+                    )
+                except Message.DoesNotExist:
+                    self.message_user(request, "That reply does not exist or has no drift score.", messages.ERROR)
+                else:
+                    label = dict(Message.Review.choices)[review]
+                    self.message_user(request, f"Reply {message.pk} marked {label}; calibration updated.")
+            target = request.POST.get("next", "")
+            if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+                target = reverse("admin:chat_message_flag_queue")
+            return HttpResponseRedirect(target)
+        queue = list(
+            Message.objects.filter(flagged=True, review="", role=Message.Role.ASSISTANT)
+            .select_related("session", "session__persona")
+            .order_by("-created_at")[:FLAG_QUEUE_SIZE]
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Flag queue: flagged replies to review",
+            "queue": queue,
+            "can_review": self.has_review_permission(request),
+            "reviewed_count": Message.objects.exclude(review="").count(),
+        }
+        return TemplateResponse(request, "admin/chat/message/flag_queue.html", context)

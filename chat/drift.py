@@ -13,8 +13,11 @@ generic centroid ``G`` = normalised mean of the embedded :func:`generic_assistan
     like the persona;
 (c) hard rules (:func:`hard_rule_hits`): AI self-reference, assistant disclaimers, another model's or person's name
     in a self-introduction.
+(d) ``bleed_margin`` = max_j cos(r, O_j) - cos(r, P), with ``O_j`` the anchor centroids of the owner's *other*
+    personas: positive when the reply sounds more like one of them than like itself. Its null is computed when
+    scoring (:func:`bleed_null`), from the same pseudo-replies, because the roster changes after calibration.
 
-(a) and (b) are turned into upper-tail p-values against the persona's own *null distribution*, built from its
+(a), (b) and (d) are turned into upper-tail p-values against the persona's own *null distribution*, built from its
 anchors alone (deterministically, no sampling):
 
 * Leave-one-out (kept in the calibration for inspection, as ``centroid_distances`` / ``generic_margins``): each
@@ -37,9 +40,10 @@ The p-value of an observed value ``x`` (:func:`tail_p_value`) is ``max(parametri
 * empirical: ``#{null values >= x} / (N + 1)``; a safeguard, so that a reply that is no further out than a
   noticeable share of the persona's own pseudo-replies is never flagged, whatever the normal fit says.
 
-The drift score is ``1 - min(p_a, p_b, p_c)`` with ``p_c`` = 0 when a hard rule fires (score 1) and 1 otherwise.
-The threshold is ``(1 - alpha) ** (1/2)`` (about ``1 - alpha/2``; Sidak correction for the two statistical
+The drift score is ``1 - min(p_a, p_b, p_c, p_d)`` with ``p_c`` = 0 when a hard rule fires (score 1) and 1
+otherwise. The threshold is ``(1 - alpha) ** (1/3)`` (about ``1 - alpha/3``; Sidak correction for the three statistical
 components), so that a reply drawn from the persona's null distribution is flagged with probability about ``alpha``.
+Replies an admin marks in character join the null (``calibrate(reply_vectors=...)``): the feedback loop.
 Scoring takes well under a millisecond given the vectors.
 """
 
@@ -62,14 +66,18 @@ __all__ = [
     "CALIBRATION_VERSION",
     "DISTANCE_PRIOR",
     "MARGIN_PRIOR",
+    "BLEED_PRIOR",
     "Calibration",
     "DriftResult",
     "TailFit",
     "TailPrior",
+    "bleed_null",
     "calibrate",
+    "centroid",
     "fit_tail",
     "generic_assistant_texts",
     "hard_rule_hits",
+    "null_scores",
     "score_reply",
     "student_t_sf",
     "tail_p_value",
@@ -77,10 +85,10 @@ __all__ = [
 ]
 
 #: Bump when anything that changes calibrations changes (the statistics, the priors, the generic texts, the embedder).
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 
-#: Number of statistical components (a) and (b) combined by the minimum p-value (Sidak-corrected threshold).
-N_STATISTICAL_COMPONENTS = 2
+#: Number of statistical components (a), (b) and (d) combined by the minimum p-value (Sidak-corrected threshold).
+N_STATISTICAL_COMPONENTS = 3
 
 #: Anchors averaged into one pseudo-reply for the null distribution (falls back to 1 with fewer than 4 anchors).
 PSEUDO_REPLY_SIZE = 2
@@ -133,6 +141,9 @@ class TailPrior:
 # personas in distinct voices (per-persona pair-null means 0.48-0.59 / -0.46..-0.26, sds 0.04-0.06 / 0.075-0.09).
 DISTANCE_PRIOR = TailPrior(mean=0.53, sd=0.06, mean_weight=1.0, sd_weight=4.0, sd_floor=0.02)
 MARGIN_PRIOR = TailPrior(mean=-0.38, sd=0.09, mean_weight=1.0, sd_weight=4.0, sd_floor=0.03)
+# The bleed null's location depends on how close the owner's personas are to each other (per-persona means -0.08..0.04,
+# sds 0.04-0.07 on the five personas of tests/fixtures/drift_labelled.json), so its prior is wide and weighs little.
+BLEED_PRIOR = TailPrior(mean=-0.02, sd=0.06, mean_weight=1.0, sd_weight=4.0, sd_floor=0.02)
 
 
 @dataclass(frozen=True)
@@ -278,6 +289,11 @@ def _centroid(unit_rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return c / max(float(np.linalg.norm(c)), 1e-12)
 
 
+def centroid(vectors: FloatArray) -> npt.NDArray[np.float64]:
+    """Unit mean direction of some embeddings (rows, normalised first): a persona's anchor centroid."""
+    return _centroid(_check_matrix("vectors", vectors))
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Per-persona calibration of drift scoring (JSON-serialisable with :meth:`to_dict` / :meth:`from_dict`).
@@ -303,6 +319,7 @@ class Calibration:
     margin_fit: TailFit
     distance_prior: TailPrior = field(default=DISTANCE_PRIOR)
     margin_prior: TailPrior = field(default=MARGIN_PRIOR)
+    n_replies: int = 0
 
     @property
     def is_current(self) -> bool:
@@ -336,6 +353,7 @@ class Calibration:
             "margin_fit": self.margin_fit.to_dict(),
             "distance_prior": self.distance_prior.to_dict(),
             "margin_prior": self.margin_prior.to_dict(),
+            "n_replies": self.n_replies,
         }
 
     @classmethod
@@ -358,6 +376,7 @@ class Calibration:
                 margin_fit=TailFit.from_dict(data["margin_fit"]),
                 distance_prior=TailPrior.from_dict(data["distance_prior"]),
                 margin_prior=TailPrior.from_dict(data["margin_prior"]),
+                n_replies=int(data.get("n_replies", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a drift calibration: {exc!r}") from exc
@@ -368,28 +387,49 @@ def threshold_for_alpha(alpha: float) -> float:
     return float((1.0 - alpha) ** (1.0 / N_STATISTICAL_COMPONENTS))
 
 
-def _null_values(
-    anchors: npt.NDArray[np.float64], generic_centroid: npt.NDArray[np.float64], size: int
+def _pseudo_replies(
+    anchors: npt.NDArray[np.float64], size: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """(distances, margins) of each ``size``-subset pseudo-reply against the centroid of the other anchors."""
-    n = anchors.shape[0]
+    """Unit pseudo-replies (normalised mean of each ``size``-subset of anchors) and the unit centroid of the rest."""
     total = anchors.sum(axis=0)
-    subsets = np.array(list(itertools.combinations(range(n), size)), dtype=np.intp).reshape(-1, size)
+    subsets = np.array(list(itertools.combinations(range(anchors.shape[0]), size)), dtype=np.intp).reshape(-1, size)
     subset_sum = anchors[subsets].sum(axis=1)  # (m, dim)
     rest = total[None, :] - subset_sum
     rest /= np.maximum(np.linalg.norm(rest, axis=1, keepdims=True), 1e-12)
     pseudo = subset_sum / np.maximum(np.linalg.norm(subset_sum, axis=1, keepdims=True), 1e-12)
+    return pseudo, rest
+
+
+def _null_values(
+    anchors: npt.NDArray[np.float64], generic_centroid: npt.NDArray[np.float64], size: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(distances, margins) of each ``size``-subset pseudo-reply against the centroid of the other anchors."""
+    pseudo, rest = _pseudo_replies(anchors, size)
     sim_persona = np.einsum("ij,ij->i", pseudo, rest)
     sim_generic = pseudo @ generic_centroid
     return 1.0 - sim_persona, sim_generic - sim_persona
 
 
-def calibrate(anchor_vectors: FloatArray, *, generic_vectors: FloatArray, alpha: float = 0.05) -> Calibration:
+def _reply_weight(n_null: int, n_anchors: int) -> int:
+    """How many times a reviewed reply's value is repeated in a null: as much weight as one anchor's share."""
+    return max(1, math.ceil(n_null / max(n_anchors, 1)))
+
+
+def calibrate(
+    anchor_vectors: FloatArray,
+    *,
+    generic_vectors: FloatArray,
+    alpha: float = 0.05,
+    reply_vectors: FloatArray | None = None,
+) -> Calibration:
     """Calibrate drift scoring for a persona from its embedded anchors (rows; unit-normalised here if not already).
 
     ``generic_vectors``: the embedded :func:`generic_assistant_texts` (same embedder). ``alpha``: the target rate at
-    which replies like the persona's own (pseudo-)replies get flagged. Deterministic. Needs at least one anchor; with
-    fewer than 4 the null is leave-one-out, and with 1 it is the platform prior alone.
+    which replies like the persona's own (pseudo-)replies get flagged. ``reply_vectors``: real replies an admin
+    marked as in character; each joins the null (scored against the full anchor centroid) with the weight of one
+    anchor, so a persona whose real voice strays further from its anchors than the pseudo-replies predict stops
+    being flagged for it. Deterministic. Needs at least one anchor; with fewer than 4 the null is leave-one-out, and
+    with 1 it is the platform prior alone (plus any reviewed replies).
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
@@ -408,9 +448,19 @@ def calibrate(anchor_vectors: FloatArray, *, generic_vectors: FloatArray, alpha:
         loo_d = loo_m = np.zeros(0)
     size = PSEUDO_REPLY_SIZE if n >= 2 * PSEUDO_REPLY_SIZE else 1
     null_d, null_m = (loo_d, loo_m) if size == 1 else _null_values(anchors, g_centroid, size)
+    n_eff = float(n) if n >= 2 else 0.0
+    n_replies = 0
+    if reply_vectors is not None and np.asarray(reply_vectors).size:
+        replies = _check_matrix("reply_vectors", reply_vectors, dim)
+        n_replies = replies.shape[0]
+        centroid = _centroid(anchors)
+        sim_persona = replies @ centroid
+        weight = _reply_weight(len(null_d), n)
+        null_d = np.concatenate([null_d, np.repeat(1.0 - sim_persona, weight)])
+        null_m = np.concatenate([null_m, np.repeat(replies @ g_centroid - sim_persona, weight)])
+        n_eff += n_replies
     null_distances = tuple(sorted(stored(null_d)))
     null_margins = tuple(sorted(stored(null_m)))
-    n_eff = float(n) if n >= 2 else 0.0
     return Calibration(
         version=CALIBRATION_VERSION,
         alpha=float(alpha),
@@ -425,7 +475,40 @@ def calibrate(anchor_vectors: FloatArray, *, generic_vectors: FloatArray, alpha:
         null_margins=null_margins,
         distance_fit=fit_tail(null_distances, n_eff=n_eff, prior=DISTANCE_PRIOR),
         margin_fit=fit_tail(null_margins, n_eff=n_eff, prior=MARGIN_PRIOR),
+        n_replies=n_replies,
     )
+
+
+def null_scores(anchor_vectors: FloatArray, calibration: Calibration, *, generic_vectors: FloatArray) -> list[float]:
+    """Drift scores of the calibration's own pseudo-replies (the distribution the threshold was set on), sorted."""
+    anchors = _check_matrix("anchor_vectors", anchor_vectors)
+    generic = _check_matrix("generic_vectors", generic_vectors, anchors.shape[1])
+    if anchors.shape[0] < 2:
+        return []
+    distances, margins = _null_values(anchors, _centroid(generic), calibration.pseudo_reply_size)
+    scores = [
+        1.0
+        - min(
+            tail_p_value(float(d), calibration.null_distances, calibration.distance_fit),
+            tail_p_value(float(m), calibration.null_margins, calibration.margin_fit),
+        )
+        for d, m in zip(distances, margins, strict=True)
+    ]
+    return sorted(scores)
+
+
+def bleed_null(anchor_vectors: FloatArray, other_centroids: FloatArray, *, pseudo_reply_size: int) -> tuple[float, ...]:
+    """Sorted null of the bleed margin: each pseudo-reply's closeness to the nearest other persona minus its own.
+
+    Computed when scoring (about 0.1 ms), because the owner's roster of other personas changes after calibration.
+    """
+    anchors = _check_matrix("anchor_vectors", anchor_vectors)
+    others = _check_matrix("other_centroids", other_centroids, anchors.shape[1])
+    if anchors.shape[0] < 2:
+        return ()
+    pseudo, rest = _pseudo_replies(anchors, pseudo_reply_size if anchors.shape[0] >= 2 * pseudo_reply_size else 1)
+    margins = (pseudo @ others.T).max(axis=1) - np.einsum("ij,ij->i", pseudo, rest)
+    return tuple(sorted(float(x) for x in margins))
 
 
 # --- scoring -----------------------------------------------------------------------------------------------------
@@ -473,8 +556,13 @@ def score_reply(
     *,
     generic_vectors: FloatArray,
     persona_name: str = "",
+    other_centroids: FloatArray | None = None,
 ) -> DriftResult:
-    """Score one reply (its text and its embedding) against the persona's anchors and calibration."""
+    """Score one reply (its text and its embedding) against the persona's anchors and calibration.
+
+    ``other_centroids``: unit anchor centroids of the owner's other personas (rows), for the bleed component; without
+    them that component's p-value is 1.
+    """
     anchors = _check_matrix("anchor_vectors", anchor_vectors)
     dim = anchors.shape[1]
     generic = _check_matrix("generic_vectors", generic_vectors, dim)
@@ -493,8 +581,23 @@ def score_reply(
     p_margin = tail_p_value(margin, calibration.null_margins, calibration.margin_fit)
     hits = tuple(hard_rule_hits(text, persona_name))
     p_hard = 0.0 if hits else 1.0
+    bleed, p_bleed, bleed_z, nearest = 0.0, 1.0, 0.0, -1
+    if other_centroids is not None and np.asarray(other_centroids).size:
+        others = _check_matrix("other_centroids", other_centroids, dim)
+        sims = others @ reply
+        nearest = int(np.argmax(sims))
+        bleed = float(sims[nearest]) - sim_persona
+        null = bleed_null(anchors, others, pseudo_reply_size=calibration.pseudo_reply_size)
+        fit = fit_tail(null, n_eff=float(calibration.n_anchors) if null else 0.0, prior=BLEED_PRIOR)
+        p_bleed = tail_p_value(bleed, null, fit)
+        bleed_z = (bleed - fit.loc) / fit.scale
 
-    candidates = (("hard_rule", p_hard), ("centroid_distance", p_distance), ("generic_margin", p_margin))
+    candidates = (
+        ("hard_rule", p_hard),
+        ("centroid_distance", p_distance),
+        ("generic_margin", p_margin),
+        ("persona_bleed", p_bleed),
+    )
     rule, p_min = min(candidates, key=lambda kv: kv[1])  # ties: first listed
     score = min(1.0, max(0.0, 1.0 - p_min))
     flagged = score > calibration.threshold
@@ -508,11 +611,16 @@ def score_reply(
         "generic_z": (margin - calibration.margin_fit.loc) / calibration.margin_fit.scale,
         "persona_similarity": sim_persona,
         "generic_similarity": sim_generic,
+        "bleed_margin": bleed,
+        "bleed_p": p_bleed,
+        "bleed_z": bleed_z,
+        "bleed_nearest": float(nearest),
         "hard_rule_p": p_hard,
         "hard_rule_count": float(len(hits)),
         "fired_hard_rule": float(flagged and rule == "hard_rule"),
         "fired_centroid_distance": float(flagged and rule == "centroid_distance"),
         "fired_generic_margin": float(flagged and rule == "generic_margin"),
+        "fired_persona_bleed": float(flagged and rule == "persona_bleed"),
         "calibration_stale": float(stale),
     }
     return DriftResult(

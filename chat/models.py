@@ -12,6 +12,10 @@ class ChatSession(models.Model):
     title = models.CharField(max_length=200, blank=True)
     # Exponentially weighted average of the session's reply drift scores.
     drift_ewma = models.FloatField(null=True, blank=True)
+    # Consecutive scored replies with the average over the persona's threshold, and when that first lasted
+    # SUSTAINED_DRIFT_TURNS (kept afterwards: the session did drift, even if it recovered).
+    drift_streak = models.PositiveIntegerField(default=0)
+    sustained_drift_at = models.DateTimeField(null=True, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -33,6 +37,10 @@ class Message(models.Model):
         CANCELLED = "cancelled"
         FAILED = "failed"
 
+    class Review(models.TextChoices):
+        IN_CHARACTER = "in_character", "in character"
+        OUT_OF_CHARACTER = "out_of_character", "out of character"
+
     id = models.CharField(primary_key=True, max_length=40, default=new_message_id, editable=False)
     session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="messages")
     # Position in the session, 0-based; the order of the conversation.
@@ -46,6 +54,12 @@ class Message(models.Model):
     drift_threshold = models.FloatField(null=True, blank=True)
     flagged = models.BooleanField(default=False, db_index=True)
     drift_components = models.JSONField(default=dict, blank=True)
+    # An admin's verdict on a reply (the flag queue); in-character verdicts join the persona's calibration.
+    review = models.CharField(max_length=20, choices=Review.choices, blank=True, default="", db_index=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 

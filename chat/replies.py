@@ -11,7 +11,7 @@ from runs.db import db
 from runs.events import Event
 
 from . import services
-from .scoring import score_record, score_text
+from .scoring import StreamingEmbedding, score_record, score_vector
 from .services import ReplyJob
 
 
@@ -54,11 +54,14 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
     flush_every = settings.MOONBORN_PROGRESS_FLUSH_SECONDS
     last_flush = time.monotonic()
     stream = provider.stream(reply_request(job), usage)
+    # Finished sentences are embedded while the rest streams, so `completed` waits for the last chunk only.
+    embedding = StreamingEmbedding()
     try:
         async for delta in stream:
             if not delta:
                 continue
             parts.append(delta)
+            embedding.feed(delta)
             yield Event("token", {"delta": delta})
             # Partial content reaches the database on a timer, never once per token.
             if time.monotonic() - last_flush >= flush_every:
@@ -66,11 +69,13 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
                 last_flush = time.monotonic()
         content = "".join(parts)
         result = await asyncio.to_thread(
-            score_text,
+            score_vector,
             content,
+            await embedding.vector(),
             anchor_vectors=job.anchor_vectors,
             calibration=job.calibration,
             persona_name=job.persona_name,
+            other_centroids=job.other_centroids,
         )
         # Rounded once, so the event and the stored row carry the same figures.
         score, threshold = round(result.score, 4), round(result.threshold, 4)
@@ -106,6 +111,7 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
         error = f"Internal error: {type(exc).__name__}"
         raise
     finally:
+        embedding.cancel()
         # Closing the provider's stream closes its upstream request: billing stops here.
         await stream.aclose()  # type: ignore[attr-defined]
         if not finished:

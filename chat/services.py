@@ -1,8 +1,10 @@
 """Writes for chat sessions and messages."""
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -10,12 +12,20 @@ from django.utils import timezone
 from accounts.models import UsageRecord
 from personas.models import Persona
 
+from .drift import centroid
 from .models import ChatSession, Message
+from .scoring import embed_reply, recalibrate, warm_up
 
 # Weight of the newest reply in a session's drift average.
 EWMA_WEIGHT = 0.3
 # How many earlier messages go into the model's context.
 HISTORY_LIMIT = 40
+# Consecutive replies with the session's drift average over the threshold that make "sustained drift".
+SUSTAINED_DRIFT_TURNS = 3
+# How many of the owner's other personas the bleed component compares a reply with (the most recent ones).
+BLEED_PERSONAS_LIMIT = 50
+# How many reviewed in-character replies (the most recent) a persona's calibration takes in.
+CALIBRATION_REPLIES_LIMIT = 200
 
 
 class ChatConflict(Exception):
@@ -50,6 +60,8 @@ class ReplyJob:
     anchor_vectors: bytes
     calibration: dict[str, Any]
     drift_threshold: float | None
+    # Anchor centroids of the owner's other ready personas (float32 rows), for the bleed component.
+    other_centroids: bytes = b""
 
 
 @transaction.atomic
@@ -95,7 +107,33 @@ def message_create_turn(*, owner_id: int, session_id: str, content: str, provide
         anchor_vectors=bytes(persona.anchor_vectors),
         calibration=persona.calibration,
         drift_threshold=persona.drift_threshold,
+        other_centroids=other_persona_centroids(
+            owner_id=owner_id, persona_id=persona.id, embedding_model=persona.embedding_model
+        ),
     )
+
+
+def other_persona_centroids(*, owner_id: int, persona_id: str, embedding_model: str) -> bytes:
+    """Anchor centroids of the owner's other ready personas embedded by the same model, float32 rows (b"" if none)."""
+    rows = (
+        Persona.objects.filter(owner_id=owner_id, status=Persona.Status.READY, embedding_model=embedding_model)
+        .exclude(pk=persona_id)
+        .exclude(anchor_vectors=b"")
+        .order_by("-created_at")
+        .values_list("anchor_vectors", "drift_anchors")[:BLEED_PERSONAS_LIMIT]
+    )
+    centroids = []
+    dims = set()
+    for raw, anchors in rows:
+        vectors = np.frombuffer(bytes(raw), dtype=np.float32)
+        if not anchors or vectors.size % len(anchors):
+            continue
+        dim = vectors.size // len(anchors)
+        dims.add(dim)
+        centroids.append(centroid(vectors.reshape(-1, dim)).astype(np.float32))
+    if not centroids or len(dims) != 1:
+        return b""
+    return np.stack(centroids).tobytes()
 
 
 def message_progress(*, message_id: str, content: str) -> None:
@@ -129,7 +167,10 @@ def message_complete(
     session = message.session
     previous = session.drift_ewma
     session.drift_ewma = drift_score if previous is None else EWMA_WEIGHT * drift_score + (1 - EWMA_WEIGHT) * previous
-    session.save(update_fields=["drift_ewma", "updated_at"])
+    session.drift_streak = session.drift_streak + 1 if session.drift_ewma > drift_threshold else 0
+    if session.drift_streak >= SUSTAINED_DRIFT_TURNS and session.sustained_drift_at is None:
+        session.sustained_drift_at = timezone.now()
+    session.save(update_fields=["drift_ewma", "drift_streak", "sustained_drift_at", "updated_at"])
     UsageRecord.objects.filter(pk=usage_id).update(
         status=UsageRecord.Status.COMPLETED,
         prompt_tokens=prompt_tokens,
@@ -156,6 +197,45 @@ def message_stop(
     UsageRecord.objects.filter(pk=usage_id).update(
         status=status, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, ended_at=timezone.now()
     )
+
+
+def message_review(*, message_id: str, review: str, reviewer_id: int | None) -> Message:
+    """Record an admin's in/out-of-character verdict on a scored reply and recalibrate its persona.
+
+    ``review`` is a ``Message.Review`` value or ``""`` to clear it. An in-character reply's vector joins the persona's
+    calibration set (the newest ``CALIBRATION_REPLIES_LIMIT`` are kept); any other verdict takes it out. The reply is
+    embedded before the transaction, so no database lock is held while the model runs. Raises
+    ``Message.DoesNotExist`` for anything but a scored assistant reply, ``ValueError`` for an unknown verdict.
+    """
+    if review not in {"", *Message.Review.values}:
+        raise ValueError(f"unknown review {review!r}")
+    message = Message.objects.select_related("session").get(
+        pk=message_id, role=Message.Role.ASSISTANT, drift_score__isnull=False
+    )
+    vector = embed_reply(message.content) if review == Message.Review.IN_CHARACTER else None
+    warm_up()  # the generic-assistant vectors, so the transaction below only does milliseconds of numpy
+    now = timezone.now()
+    with transaction.atomic():
+        Message.objects.filter(pk=message.pk).update(
+            review=review, reviewed_by_id=reviewer_id if review else None, reviewed_at=now if review else None
+        )
+        persona = Persona.objects.select_for_update().get(pk=message.session.persona_id)
+        replies: dict[str, str] = dict(persona.calibration_replies or {})
+        replies.pop(message.pk, None)
+        if vector is not None:
+            replies[message.pk] = base64.b64encode(vector.astype(np.float32).tobytes()).decode("ascii")
+        replies = dict(list(replies.items())[-CALIBRATION_REPLIES_LIMIT:])
+        persona.calibration_replies = replies
+        if persona.anchor_vectors:
+            calibrated = recalibrate(
+                anchor_vectors=bytes(persona.anchor_vectors),
+                reply_vectors=[base64.b64decode(v) for v in replies.values()],
+            )
+            persona.calibration = calibrated.calibration
+            persona.drift_threshold = calibrated.threshold
+        persona.save(update_fields=["calibration_replies", "calibration", "drift_threshold", "updated_at"])
+    message.refresh_from_db()
+    return message
 
 
 def chat_session_delete(*, owner_id: int, session_id: str) -> bool:

@@ -200,10 +200,11 @@ class MiniLMEmbedder:
     #: texts are sorted by length and packed, unpadded, into forward passes of at most this many tokens
     max_batch_tokens: int = 512
 
-    def __init__(self, model_dir: str | Path | None = None) -> None:
+    def __init__(self, model_dir: str | Path | None = None, *, blas_threads: int | None = 1) -> None:
         self._model_dir = Path(model_dir) if model_dir is not None else None
         self._model: _Model | None = None
         self._lock = threading.Lock()
+        self._blas_threads = blas_threads
 
     # -- loading --------------------------------------------------------------------------------------------------
 
@@ -213,6 +214,8 @@ class MiniLMEmbedder:
             with self._lock:
                 model = self._model
                 if model is None:
+                    if self._blas_threads is not None:
+                        _limit_blas_threads(self._blas_threads)
                     model = self._model = _load_model(self._model_dir or default_model_dir())
         return model
 
@@ -258,6 +261,19 @@ class MiniLMEmbedder:
             n_tokens += len(ids[i])
         out[batch] = _forward(model, [ids[j] for j in batch])
         return out
+
+
+def _limit_blas_threads(n: int) -> None:
+    """Run BLAS (numpy's OpenBLAS, process-wide) on ``n`` threads.
+
+    One is the default: a server's two cores are shared with the event loop and other requests, and a multi-threaded
+    BLAS call then waits at every barrier for a thread the OS has descheduled. Measured on the 2-core machine under
+    load: four reply chunks took 110 ms steady on one thread, 230-600 ms on two; a reply's last token to `completed`
+    went from 717 ms (p50) to 118 ms (bench/RESULTS-drift.md). On an idle machine two threads are ~30 % faster.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")
 
 
 def default_model_dir() -> Path:

@@ -1,17 +1,20 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import TemplateView
 
 from accounts.views import usage_list
 from chat import streams as chat_streams
 from chat import views as chat_views
+from personas import card_views
 from personas import streams as persona_streams
 from personas import views as persona_views
+from runs.health import health
 
 from .routing import by_method
 
 api = [
     path("personas", by_method(get=persona_views.persona_list, post=persona_streams.persona_create)),
+    path("personas/import", by_method(post=card_views.persona_import_view)),
+    path("personas/<str:persona_id>/card", by_method(get=card_views.persona_card_view)),
     path(
         "personas/<str:persona_id>",
         by_method(get=persona_views.persona_detail, delete=persona_streams.persona_delete),
@@ -43,7 +46,8 @@ api = [
 ]
 
 urlpatterns = [
-    path("", TemplateView.as_view(template_name="home.html"), name="home"),
+    path("", include("web.urls")),
+    path("healthz", health),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("v1/", include(api)),

@@ -31,6 +31,8 @@ class Persona(models.Model):
     embedding_model = models.CharField(max_length=100, blank=True)
     drift_threshold = models.FloatField(null=True, blank=True)
     calibration = models.JSONField(default=dict, blank=True)
+    # Replies an admin marked in character, which join the calibration set: message id -> base64 float32 vector.
+    calibration_replies = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

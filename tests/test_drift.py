@@ -357,8 +357,8 @@ def test_threshold_is_about_one_minus_alpha(personas: dict[str, Persona]) -> Non
     for p in personas.values():
         c = p.calibration
         assert c.alpha == 0.05
-        assert c.threshold == pytest.approx(math.sqrt(0.95))  # Sidak over the two statistical components
-        assert 0.95 < c.threshold < 0.98
+        assert c.threshold == pytest.approx(0.95 ** (1 / 3))  # Sidak over the three statistical components
+        assert 0.98 < c.threshold < 0.99
         assert c.n_anchors == 12
         assert c.version == CALIBRATION_VERSION and c.is_current
         assert len(c.centroid_distances) == len(c.generic_margins) == 12

@@ -1,0 +1,112 @@
+"""Character card endpoints (DRF, sync): `GET /v1/personas/{id}/card` and `POST /v1/personas/import`."""
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from django.http import HttpResponse
+from rest_framework import status
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.parsers import BaseParser
+from rest_framework.renderers import BaseRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from moonborn_site.api import error_response, owner_id
+
+from .card_services import card_import_prepare, persona_card, persona_import
+from .cards import CardError, card_v2, parse_card_bytes, png_with_card
+from .models import Persona
+from .views import persona_json
+
+# PNG cards carry an image, so they may be far larger than an API body; this is their own limit.
+CARD_MAX_BYTES = 8 * 1024 * 1024
+FORMATS = ("json", "v2", "png")
+
+
+def _filename(persona: Persona, ext: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", persona.name).strip("_") or persona.id
+    return f"{stem}.{ext}"
+
+
+class RawParser(BaseParser):
+    """Accept any body; the view reads the raw bytes itself (a card is JSON or a PNG)."""
+
+    media_type = "*/*"
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        return None
+
+
+class IgnoreFormatNegotiation(DefaultContentNegotiation):
+    """``?format=`` here picks the card's format, not DRF's renderer; errors are always JSON."""
+
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        first = next(iter(renderers))
+        return first, first.media_type
+
+
+class PersonaCardView(APIView):
+    """`GET /v1/personas/{id}/card[?format=json|v2|png]`: the persona as a Character Card (V3 by default)."""
+
+    content_negotiation_class = IgnoreFormatNegotiation
+
+    def get(self, request: Request, persona_id: str) -> HttpResponse:
+        fmt = request.query_params.get("format", "json")
+        if fmt not in FORMATS:
+            return error_response(400, f"format must be one of {', '.join(FORMATS)}.", details={"format": [fmt]})
+        persona = Persona.objects.prefetch_related("steps").filter(owner_id=owner_id(request), pk=persona_id).first()
+        if persona is None:
+            return error_response(404)
+        if persona.status != Persona.Status.READY:
+            return error_response(409, f"Persona {persona.id} is {persona.status}; only a ready persona has a card.")
+        card = persona_card(persona=persona)
+        if fmt == "png":
+            response = HttpResponse(png_with_card(card), content_type="image/png")
+            response["Content-Disposition"] = f'attachment; filename="{_filename(persona, "png")}"'
+            return response
+        body = card_v2(card) if fmt == "v2" else card
+        response = HttpResponse(
+            json.dumps(body, ensure_ascii=False, indent=2), content_type="application/json; charset=utf-8"
+        )
+        response["Content-Disposition"] = f'attachment; filename="{_filename(persona, "json")}"'
+        return response
+
+
+class PersonaImportView(APIView):
+    """`POST /v1/personas/import`: a card as the body (JSON, or a PNG with a `ccv3`/`chara` chunk) → 201 persona."""
+
+    parser_classes = [RawParser]
+
+    def post(self, request: Request) -> HttpResponse | Response:
+        django_request = request._request
+        try:
+            declared = int(django_request.headers.get("Content-Length") or 0)
+        except ValueError:
+            declared = 0
+        if declared > CARD_MAX_BYTES:
+            return error_response(413, f"A card may be at most {CARD_MAX_BYTES} bytes.")
+        # read() rather than .body: .body enforces the small JSON body limit, a PNG card needs more.
+        body = django_request.read(CARD_MAX_BYTES + 1)
+        if len(body) > CARD_MAX_BYTES:
+            return error_response(413, f"A card may be at most {CARD_MAX_BYTES} bytes.")
+        if not body.strip():
+            return error_response(400, "The request body must be a character card (JSON or PNG).")
+        try:
+            card = parse_card_bytes(body)
+        except CardError as exc:
+            return error_response(400, str(exc), code="invalid_card")
+        prepared = card_import_prepare(card=card)
+        owner = owner_id(request)
+        persona = persona_import(owner_id=owner, prepared=prepared)
+        response = Response(persona_json(owner_id=owner, persona_id=persona.id), status=status.HTTP_201_CREATED)
+        response["Location"] = f"/v1/personas/{persona.id}"
+        return response
+
+
+persona_card_view = PersonaCardView.as_view()
+persona_import_view = PersonaImportView.as_view()

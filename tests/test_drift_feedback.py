@@ -1,0 +1,166 @@
+"""The drift feedback loop and the session-level signals: reviews recalibrate a persona, EWMA, sustained drift."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from accounts.models import UsageRecord
+from chat import services
+from chat.drift import calibrate, centroid, generic_assistant_texts
+from chat.models import Message
+from chat.scoring import calibrate_persona, embed_reply, score_text
+from llm.embeddings import get_embedder
+from personas.models import Persona
+from tests.factories import ChatSessionFactory, MessageFactory, PersonaFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+LABELLED = json.loads((Path(__file__).parent / "fixtures" / "drift_labelled.json").read_text(encoding="utf-8"))
+LADY = LABELLED["personas"]["Lady Marigold Fairweather"]
+ZED = LABELLED["personas"]["Zed"]
+
+
+def ready_persona(data: dict, name: str, owner=None) -> Persona:
+    calibrated = calibrate_persona(data["anchors"])
+    return PersonaFactory(
+        owner=owner or UserFactory(),
+        name=name,
+        drift_anchors=data["anchors"],
+        anchor_vectors=calibrated.anchor_vectors,
+        embedding_model=calibrated.embedding_model,
+        drift_threshold=calibrated.threshold,
+        calibration=calibrated.calibration,
+    )
+
+
+def score(persona: Persona, text: str, other_centroids: bytes = b"") -> float:
+    persona.refresh_from_db()
+    return score_text(
+        text,
+        anchor_vectors=bytes(persona.anchor_vectors),
+        calibration=persona.calibration,
+        persona_name=persona.name,
+        other_centroids=other_centroids,
+    ).score
+
+
+def test_in_character_review_joins_the_calibration_and_lowers_that_replys_score() -> None:
+    persona = ready_persona(LADY, "Lady Marigold Fairweather")
+    # The labelled set's held-out in-character reply that this persona's anchors alone flag.
+    text = LADY["in_character"][8]
+    before = score(persona, text)
+    assert before > persona.drift_threshold
+    session = ChatSessionFactory(persona=persona)
+    message = MessageFactory(session=session, index=1, content=text, drift_score=before, flagged=True)
+
+    services.message_review(message_id=message.pk, review=Message.Review.IN_CHARACTER, reviewer_id=None)
+
+    persona.refresh_from_db()
+    message.refresh_from_db()
+    assert message.review == "in_character" and message.reviewed_at is not None
+    assert persona.calibration["n_replies"] == 1
+    assert persona.calibration["n_anchors"] == 12
+    after = score(persona, text)
+    assert after < before
+    assert after <= persona.drift_threshold
+    # The calibration is exactly what calibrate() makes from the anchors plus that reply.
+    embedder = get_embedder()
+    expected = calibrate(
+        np.frombuffer(bytes(persona.anchor_vectors), dtype=np.float32).reshape(-1, 384),
+        generic_vectors=embedder.embed(generic_assistant_texts()),
+        reply_vectors=np.stack([embed_reply(text)]),
+    )
+    assert persona.calibration == expected.to_dict()
+    assert list(persona.calibration_replies) == [message.pk]
+
+    # Out of character (or cleared) takes it out of the calibration set again.
+    services.message_review(message_id=message.pk, review=Message.Review.OUT_OF_CHARACTER, reviewer_id=None)
+    persona.refresh_from_db()
+    assert persona.calibration["n_replies"] == 0 and persona.calibration_replies == {}
+    assert score(persona, text) == pytest.approx(before)
+
+
+def test_review_refuses_unknown_verdicts_and_unscored_messages() -> None:
+    message = MessageFactory(drift_score=None)
+    with pytest.raises(Message.DoesNotExist):
+        services.message_review(message_id=message.pk, review="in_character", reviewer_id=None)
+    scored = MessageFactory()
+    with pytest.raises(ValueError, match="unknown review"):
+        services.message_review(message_id=scored.pk, review="maybe", reviewer_id=None)
+
+
+def test_other_persona_centroids_are_the_owners_other_ready_personas() -> None:
+    owner = UserFactory()
+    lady = ready_persona(LADY, "Lady Marigold Fairweather", owner)
+    zed = ready_persona(ZED, "Zed", owner)
+    PersonaFactory(owner=owner, status=Persona.Status.GENERATING, anchor_vectors=zed.anchor_vectors)
+    ready_persona(ZED, "Someone else's Zed")  # another owner
+    foreign = ready_persona(ZED, "Zed, embedded elsewhere", owner)
+    Persona.objects.filter(pk=foreign.pk).update(embedding_model="openai:text-embedding-3-small")
+    raw = services.other_persona_centroids(
+        owner_id=owner.id, persona_id=lady.id, embedding_model="sentence-transformers/all-MiniLM-L6-v2"
+    )
+    rows = np.frombuffer(raw, dtype=np.float32).reshape(-1, 384)
+    expected = centroid(np.frombuffer(bytes(zed.anchor_vectors), dtype=np.float32).reshape(-1, 384))
+    assert rows.shape == (1, 384)
+    assert np.allclose(rows[0], expected, atol=1e-6)
+    # Zed's own words, scored as Lady Marigold: the bleed toward Zed decides the score.
+    zed_line = ZED["in_character"][6]
+    with_bleed = score_text(
+        zed_line,
+        anchor_vectors=bytes(lady.anchor_vectors),
+        calibration=lady.calibration,
+        persona_name=lady.name,
+        other_centroids=raw,
+    )
+    assert with_bleed.flagged and with_bleed.components["bleed_p"] < 0.01
+
+
+def complete(message: Message, score_value: float, threshold: float = 0.9) -> None:
+    usage = UsageRecord.objects.create(owner=message.session.owner, kind=UsageRecord.Kind.CHAT, run_id=message.id)
+    services.message_complete(
+        message_id=message.id,
+        content="x",
+        drift_score=score_value,
+        drift_threshold=threshold,
+        flagged=score_value > threshold,
+        drift_components={},
+        usage_id=usage.id,
+        prompt_tokens=1,
+        completion_tokens=1,
+    )
+
+
+def test_ewma_and_sustained_drift() -> None:
+    session = ChatSessionFactory()
+    scores = [0.2, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.1]
+    expected_ewma, streaks, sustained = None, [], []
+    for i, value in enumerate(scores):
+        message = MessageFactory(session=session, index=i, status=Message.Status.STREAMING, drift_score=None)
+        complete(message, value)
+        session.refresh_from_db()
+        expected_ewma = value if expected_ewma is None else 0.3 * value + 0.7 * expected_ewma
+        assert session.drift_ewma == pytest.approx(expected_ewma)
+        streaks.append(session.drift_streak)
+        sustained.append(session.sustained_drift_at is not None)
+    # EWMA: 0.2, 0.44, 0.608, 0.7256, 0.808, 0.865, 0.906, 0.664 against threshold 0.9
+    assert streaks == [0, 0, 0, 0, 0, 0, 1, 0]
+    assert sustained == [False] * 8
+    for i, value in enumerate([1.0, 1.0, 1.0], start=len(scores)):
+        message = MessageFactory(session=session, index=i, status=Message.Status.STREAMING, drift_score=None)
+        complete(message, value)
+    session.refresh_from_db()
+    # 0.765, 0.835, 0.885: still under; three more over it make it sustained
+    for i, value in enumerate([1.0, 1.0, 1.0], start=len(scores) + 3):
+        message = MessageFactory(session=session, index=i, status=Message.Status.STREAMING, drift_score=None)
+        complete(message, value)
+    session.refresh_from_db()
+    assert session.drift_streak == 3
+    assert session.sustained_drift_at is not None
+    marked = session.sustained_drift_at
+    message = MessageFactory(session=session, index=20, status=Message.Status.STREAMING, drift_score=None)
+    complete(message, 0.0)
+    session.refresh_from_db()
+    assert session.drift_streak == 0 and session.sustained_drift_at == marked
