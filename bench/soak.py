@@ -88,12 +88,30 @@ async def soak(args: argparse.Namespace) -> dict:
     }
     py = sys.executable
     subprocess.run([py, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
-    key = subprocess.run([py, "manage.py", "create_api_key", "soak"], cwd=ROOT, env=env, check=True,
-                         capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    key = (
+        subprocess.run(
+            [py, "manage.py", "create_api_key", "soak"], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     ports = [free_port(), free_port()]
     workers = [
-        subprocess.Popen([py, "-m", "uvicorn", "moonborn_site.asgi:application", "--port", str(p),
-                          "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env)
+        subprocess.Popen(
+            [
+                py,
+                "-m",
+                "uvicorn",
+                "moonborn_site.asgi:application",
+                "--port",
+                str(p),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
         for p in ports
     ]
     bases = [f"http://127.0.0.1:{p}" for p in ports]
@@ -108,16 +126,20 @@ async def soak(args: argparse.Namespace) -> dict:
                     time.sleep(0.1)
         limits = httpx.Limits(max_connections=args.streams + 10, max_keepalive_connections=args.streams + 10)
         clients = [httpx.AsyncClient(base_url=b, headers=headers, timeout=120, limits=limits) for b in bases]
-        persona = (await clients[0].post("/v1/personas", json={"prompt": "A patient tide-clock maker"},
-                                         headers={"Accept": "application/json"})).json()["id"]
+        persona = (
+            await clients[0].post(
+                "/v1/personas", json={"prompt": "A patient tide-clock maker"}, headers={"Accept": "application/json"}
+            )
+        ).json()["id"]
         sessions = [
             (await clients[i % 2].post("/v1/chat/sessions", json={"personaId": persona})).json()["id"]
             for i in range(max(2, args.streams))
         ]
         # Warm both workers (their background tasks start with their first run).
         for i in range(2):
-            await one_stream(clients[i], sessions[i], args.tokens, {"non_2xx": 0, "streams": 0, "tokens": 0,
-                                                                    "bad_streams": 0})
+            await one_stream(
+                clients[i], sessions[i], args.tokens, {"non_2xx": 0, "streams": 0, "tokens": 0, "bad_streams": 0}
+            )
         before = {
             "rss_kib": [rss_kib(w.pid) for w in workers],
             "tasks": [httpx.get(f"{b}/healthz").json()["tasks"] for b in bases],

@@ -1,0 +1,323 @@
+"""Streaming performance: Moonborn against the bare-ASGI reference, interleaved in one run.
+
+Scenarios (issue 7), each against `bench/reference_asgi.py` and Moonborn's chat stream (uvicorn, one
+worker, SQLite, the `demo` provider), both on uvicorn with uvloop + httptools:
+
+  single  one stream at a time, 200 tokens, no delay: tokens/s, time to first token
+  c50     50 concurrent streams, 200 tokens, no delay: tokens/s
+  c1000   1,000 concurrent streams, 100 tokens at 20 ms: TTFT p99, inter-token jitter p99
+  idle    N open streams at 1 event/s, held by one process: how many stay alive, RSS per stream
+
+The first three run in `--rounds` interleaved rounds (reference and Moonborn alternate which goes
+first); the table reports medians. `idle` runs once per server, each on a fresh process.
+
+    .venv/bin/python bench/perf.py                          # the recorded run (~10 minutes)
+    .venv/bin/python bench/perf.py --rounds 1 --c1000 100 --idle 500 --idle-hold 5   # a quick look
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+# Run as a script (`python bench/perf.py`), so the project root is not on the path by itself.
+sys.path.insert(0, str(ROOT))
+from bench import loadgen  # noqa: E402
+
+PY = sys.executable
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(name: str, app: str, env: dict[str, str], health: str) -> Server:
+    port = free_port()
+    process = subprocess.Popen(
+        [PY, "-m", "uvicorn", app, "--host", HOST, "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        cwd=ROOT,
+        env=env,
+    )
+    server = Server(name, port, process)
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}")
+        try:
+            httpx.get(f"http://{HOST}:{port}{health}", timeout=1)
+            return server
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"{name} did not start") from None
+            time.sleep(0.1)
+
+
+@contextmanager
+def running(name: str, app: str, env: dict[str, str], health: str) -> Iterator[Server]:
+    server = start_server(name, app, env, health)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Moonborn:
+    """A migrated SQLite database, one API key, one ready persona and a pool of chat sessions."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
+            "MOONBORN_MAX_STREAMS_PER_KEY": "1000000",
+            "MOONBORN_LOG_LEVEL": "WARNING",
+            "DJANGO_DEBUG": "false",
+            "MOONBORN_DEMO_DELAY_MS": "0",
+        }
+        subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=self.env, check=True)
+        made = subprocess.run(
+            [PY, "manage.py", "create_api_key", "bench"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        self.key = made.stdout.strip().splitlines()[-1]
+        self.sessions: list[str] = []
+        self.overrides: dict[str, str] = {}
+
+    def server_env(self, delay_ms: int, tokens: int) -> dict[str, str]:
+        demo = {"MOONBORN_DEMO_DELAY_MS": str(delay_ms), "MOONBORN_DEMO_REPLY_TOKENS": str(tokens)}
+        return {**self.env, **demo, **self.overrides}
+
+    def make_sessions(self, count: int) -> None:
+        """Create a persona and `count` sessions through the API (one server, then stopped)."""
+        with running("moonborn-setup", "moonborn_site.asgi:application", self.env, "/healthz") as server:
+            asyncio.run(self._make_sessions(server.port, count))
+
+    async def _make_sessions(self, port: int, count: int) -> None:
+        headers = {"Authorization": f"Bearer {self.key}", "Accept": "application/json"}
+        async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", headers=headers, timeout=120) as client:
+            made = await client.post("/v1/personas", json={"prompt": "A lighthouse keeper who counts ships"})
+            made.raise_for_status()
+            persona = made.json()["id"]
+            gate = asyncio.Semaphore(8)
+
+            async def one() -> str:
+                async with gate:
+                    response = await client.post("/v1/chat/sessions", json={"personaId": persona})
+                    response.raise_for_status()
+                    return str(response.json()["id"])
+
+            self.sessions = list(await asyncio.gather(*(one() for _ in range(count))))
+
+    def targets(self, sessions: list[str]) -> list[loadgen.Target]:
+        return chat_targets(self.key, sessions)
+
+
+def chat_targets(key: str, sessions: list[str]) -> list[loadgen.Target]:
+    """One chat-reply stream request per session."""
+    headers = (
+        ("Authorization", f"Bearer {key}"),
+        ("Accept", "text/event-stream"),
+        ("Content-Type", "application/json"),
+    )
+    body = json.dumps({"content": "Tell me about the night the lamp went out."}).encode()
+    return [loadgen.Target(f"/v1/chat/sessions/{s}/messages", "POST", headers, body) for s in sessions]
+
+
+def reference_targets(count: int, tokens: int, delay_ms: int) -> list[loadgen.Target]:
+    return [loadgen.Target(f"/stream?tokens={tokens}&delay_ms={delay_ms}")] * count
+
+
+def summarize(rep: loadgen.Report) -> dict[str, Any]:
+    return {
+        "tokens_per_s": rep.tokens_per_s,
+        "ttft_p50_ms": rep.ttft_ms.get("p50", 0.0),
+        "ttft_p99_ms": rep.ttft_ms.get("p99", 0.0),
+        "jitter_p99_ms": rep.gap_ms.get("p99", 0.0),
+        "errors": rep.errors,
+        "error_samples": rep.error_samples,
+        "streams": rep.streams,
+        "tokens": rep.tokens,
+        "server_cpu_us_per_token": rep.cpu_us_per_token,
+        "client_cpu_s": rep.client_cpu_seconds,
+        "seconds": rep.seconds,
+    }
+
+
+def run_rounds(args: argparse.Namespace, mb: Moonborn, log: list[dict[str, Any]]) -> None:
+    ref_env = {**os.environ}
+    pools = iter(mb.sessions)
+    with (
+        running("reference", "bench.reference_asgi:app", ref_env, "/") as ref,
+        running("moonborn-0ms", "moonborn_site.asgi:application", mb.server_env(0, 200), "/healthz") as fast,
+        running("moonborn-20ms", "moonborn_site.asgi:application", mb.server_env(20, 100), "/healthz") as paced,
+    ):
+        c1000 = [next(pools) for _ in range(args.c1000)]
+        # Steady state only: the embedder loads in the background at start-up, and first requests
+        # pay for imports and caches. A few streams on each server before anything is measured.
+        for server, slots, tokens in (
+            (ref, reference_targets(1, 200, 0), 200),
+            (fast, mb.targets([next(pools) for _ in range(3)]), 200),
+            (paced, mb.targets([next(pools) for _ in range(3)]), 100),
+        ):
+            warm = asyncio.run(loadgen.run_streams(HOST, server.port, slots, per_slot=1, expected_tokens=tokens))
+            if warm.errors:
+                raise RuntimeError(f"{server.name} warm-up failed: {warm.error_samples}")
+        for rnd in range(args.rounds):
+            single = [next(pools)]
+            c50 = [next(pools) for _ in range(50)]
+            plan = [
+                ("single", dict(per_slot=args.single, expected_tokens=200, delay_ms=0.0),
+                 ref, reference_targets(1, 200, 0), fast, mb.targets(single)),
+                ("c50", dict(per_slot=args.c50_each, expected_tokens=200, delay_ms=0.0),
+                 ref, reference_targets(50, 200, 0), fast, mb.targets(c50)),
+                ("c1000", dict(per_slot=1, expected_tokens=100, delay_ms=20.0),
+                 ref, reference_targets(args.c1000, 100, 20), paced, mb.targets(c1000)),
+            ]  # fmt: skip
+            for scenario, kw, ref_server, ref_slots, mb_server, mb_slots in plan:
+                order = [("reference", ref_server, ref_slots), ("moonborn", mb_server, mb_slots)]
+                if rnd % 2:
+                    order.reverse()
+                for who, server, slots in order:
+                    rep = asyncio.run(
+                        loadgen.run_streams(HOST, server.port, slots, server_pid=server.pid, **kw)  # type: ignore[arg-type]
+                    )
+                    row = {"round": rnd, "scenario": scenario, "server": who, **summarize(rep)}
+                    log.append(row)
+                    print(json.dumps(row), flush=True)
+                    time.sleep(args.pause)
+
+
+def run_idle(args: argparse.Namespace, mb: Moonborn, log: list[dict[str, Any]]) -> None:
+    tokens = int(args.idle_hold + args.idle / args.idle_rate + 120)
+    for who in ("reference", "moonborn"):
+        if who == "reference":
+            ctx = running("reference-idle", "bench.reference_asgi:app", {**os.environ}, "/")
+        else:
+            env = mb.server_env(1000, tokens)
+            ctx = running("moonborn-idle", "moonborn_site.asgi:application", env, "/healthz")
+        with ctx as server:
+            time.sleep(2)  # let start-up (the embedder warm-up thread) settle before the RSS baseline
+            if who == "reference":
+                slots = reference_targets(args.idle, tokens, 1000)
+            else:
+                slots = mb.targets(mb.sessions[-args.idle :])
+            rep = asyncio.run(
+                loadgen.hold_idle(
+                    HOST, server.port, slots, server_pid=server.pid, open_per_s=args.idle_rate, hold_s=args.idle_hold
+                )
+            )
+            row = {"scenario": "idle", "server": who, **rep.as_dict()}
+            log.append(row)
+            print(json.dumps(row), flush=True)
+
+
+def table(log: list[dict[str, Any]]) -> str:
+    def med(scenario: str, who: str, key: str) -> float:
+        values = [r[key] for r in log if r["scenario"] == scenario and r["server"] == who]
+        return statistics.median(values) if values else float("nan")
+
+    def errors(scenario: str, who: str) -> int:
+        return sum(r["errors"] for r in log if r["scenario"] == scenario and r["server"] == who)
+
+    rows = ["| scenario | metric | reference | Moonborn | ratio (Moonborn / reference) | errors ref · Moonborn |"]
+    rows.append("| --- | --- | --- | --- | --- | --- |")
+    for scenario, key, label, fmt in (
+        ("single", "tokens_per_s", "tokens/s", "{:,.0f}"),
+        ("single", "ttft_p50_ms", "TTFT p50 (ms)", "{:.2f}"),
+        ("single", "server_cpu_us_per_token", "server CPU per token (µs)", "{:.1f}"),
+        ("c50", "tokens_per_s", "tokens/s", "{:,.0f}"),
+        ("c50", "server_cpu_us_per_token", "server CPU per token (µs)", "{:.1f}"),
+        ("c1000", "ttft_p99_ms", "TTFT p99 (ms)", "{:,.0f}"),
+        ("c1000", "jitter_p99_ms", "inter-token jitter p99 (ms)", "{:.1f}"),
+        ("c1000", "tokens_per_s", "tokens/s", "{:,.0f}"),
+    ):
+        ref, mb = med(scenario, "reference", key), med(scenario, "moonborn", key)
+        ratio = mb / ref if ref else float("nan")
+        errs = f"{errors(scenario, 'reference')} · {errors(scenario, 'moonborn')}"
+        rows.append(f"| {scenario} | {label} | {fmt.format(ref)} | {fmt.format(mb)} | {ratio:.2f}× | {errs} |")
+    for row in log:
+        if row["scenario"] == "idle":
+            rows.append(
+                f"| idle | {row['server']}: alive {row['alive']:,} of {row['wanted']:,} · worst gap "
+                f"{row['worst_gap_s']:.2f} s · RSS {row['rss_open_kib'] / 1024:,.0f} MiB | "
+                f"KiB per stream {row['kib_per_stream']:.1f} | | | {row['errors']} |"
+            )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--single", type=int, default=30, help="streams one after another in `single`")
+    parser.add_argument("--c50-each", type=int, default=4, help="streams per slot in `c50`")
+    parser.add_argument("--c1000", type=int, default=1000)
+    parser.add_argument("--idle", type=int, default=10000, help="streams to hold in `idle` (0: skip)")
+    parser.add_argument("--idle-rate", type=float, default=400.0, help="streams opened per second")
+    parser.add_argument("--idle-hold", type=float, default=15.0)
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds between measurements")
+    parser.add_argument("--moonborn-env", action="append", default=[], help="NAME=VALUE for Moonborn's servers")
+    parser.add_argument("--out", type=Path, help="write every measurement here as JSON")
+    args = parser.parse_args()
+    # Each open stream is a socket on both ends; the sandbox allows 20,000 per process.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    loadgen.install_fast_loop()
+    log: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="moonborn-perf-") as tmp:
+        mb = Moonborn(Path(tmp))
+        mb.overrides = dict(item.split("=", 1) for item in args.moonborn_env)
+        started = time.monotonic()
+        mb.make_sessions(args.c1000 + 6 + args.rounds * 51 + args.idle)
+        print(f"# {len(mb.sessions)} sessions in {time.monotonic() - started:.1f} s", flush=True)
+        run_rounds(args, mb, log)
+        if args.idle:
+            run_idle(args, mb, log)
+    if args.out:
+        args.out.write_text(json.dumps(log, indent=1))
+    print(table(log))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""A short run of the streaming benchmark (bench/): the load generator, the reference server and
+Moonborn's chat streams work, and no token is lost or duplicated. Speed is not checked here."""
+
+import asyncio
+import json
+import os
+
+import pytest
+
+from bench import loadgen
+from bench.perf import chat_targets, reference_targets, running
+from tests.e2e.helpers import make_persona, make_session
+
+FRAMES = (
+    b"retry: 3000\n"
+    + b'id: 1\nevent: message.started\ndata: {"messageId":"m"}\n\n'
+    + b'id: 2\nevent: token\ndata: {"delta":"a"}\n\n'
+    + b": heartbeat\n"
+    + b'id: 3\nevent: token\ndata: {"delta":" b"}\n\n'
+    + b'id: 4\nevent: completed\ndata: {"messageId":"m"}\n\n'
+)
+
+
+def chunked(body: bytes, size: int) -> bytes:
+    out = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size))
+    return out + b"0\r\n\r\n"
+
+
+def read(wire: bytes, piece: int) -> loadgen.StreamResult:
+    """Feed a chunked body to the reader in `piece`-byte reads, as a socket might deliver it."""
+    result = loadgen.StreamResult(status=200)
+    reader = loadgen.SseReader(result, chunked=True)
+    for i in range(0, len(wire), piece):
+        reader.feed(wire[i : i + piece], now=float(i))
+    assert reader.done
+    return result
+
+
+def test_reader_counts_every_token_whatever_the_chunk_and_read_boundaries():
+    for chunk_size in (1, 7, 1000):
+        for piece in (1, 5, 4096):
+            result = read(chunked(FRAMES, chunk_size), piece)
+            assert result.ids == [1, 2, 3, 4]
+            assert result.tokens == 2
+            assert result.terminal == "completed"
+            assert loadgen.check_stream(result, expected_tokens=2) == ""
+
+
+def test_check_stream_reports_duplicates_gaps_missing_tokens_and_no_end():
+    duplicated = FRAMES.replace(b"id: 3\n", b"id: 2\n")
+    assert loadgen.check_stream(read(chunked(duplicated, 64), 64), 2) == (
+        "ids not 1..n (1 duplicates, first [1, 2, 2, 4], last [1, 2, 2, 4])"
+    )
+    gap = FRAMES.replace(b"id: 4\n", b"id: 5\n")
+    assert loadgen.check_stream(read(chunked(gap, 64), 64), 2) == (
+        "ids not 1..n (0 duplicates, first [1, 2, 3, 5], last [1, 2, 3, 5])"
+    )
+    assert loadgen.check_stream(read(chunked(FRAMES, 64), 64), 3) == "2 tokens, expected 3"
+    unfinished = FRAMES.split(b"id: 4\n")[0]
+    assert loadgen.check_stream(read(chunked(unfinished, 64), 64), 2) == "ended with no terminal event"
+
+
+def test_reader_rejects_a_malformed_frame():
+    bad = FRAMES.replace(b"event: token\ndata", b"event: token\nextra: 1\ndata", 1)
+    reader = loadgen.SseReader(loadgen.StreamResult(status=200), chunked=False)
+    with pytest.raises(loadgen.HttpError, match=r"^malformed SSE at b'id: 2\\nevent: token\\nextra: 1"):
+        reader.feed(bad, now=0.0)
+
+
+def test_percentiles_are_nearest_rank():
+    assert loadgen.percentiles([float(v) for v in range(1, 101)]) == {
+        "p50": 50.0,
+        "p90": 90.0,
+        "p99": 99.0,
+        "max": 100.0,
+    }
+    assert loadgen.percentiles([]) == {}
+
+
+def test_bench_smoke_reference_server():
+    with running("reference", "bench.reference_asgi:app", {**os.environ}, "/") as ref:
+        report = asyncio.run(
+            loadgen.run_streams(
+                "127.0.0.1", ref.port, reference_targets(10, 50, 0), per_slot=3, expected_tokens=50, server_pid=ref.pid
+            )
+        )
+    assert (report.streams, report.ok_streams, report.errors, report.tokens) == (30, 30, 0, 1500)
+    assert report.error_samples == []
+    assert set(report.ttft_ms) == {"p50", "p90", "p99", "max"}
+
+
+def test_bench_smoke_moonborn_chat_streams(server):
+    persona = make_persona(server)
+    sessions = [make_session(server, persona) for _ in range(4)]
+    key = server.keys["alice"]
+    port = int(server.base_url.rsplit(":", 1)[1])
+    report = asyncio.run(
+        loadgen.run_streams(
+            "127.0.0.1",
+            port,
+            chat_targets(key, sessions),
+            per_slot=2,
+            expected_tokens=int(server.env["MOONBORN_DEMO_REPLY_TOKENS"]),
+            delay_ms=float(server.env["MOONBORN_DEMO_DELAY_MS"]),
+            server_pid=server.process.pid,
+        )
+    )
+    assert json.dumps(report.error_samples) == "[]"
+    assert (report.streams, report.ok_streams, report.errors) == (8, 8, 0)
+    assert report.tokens == 8 * 24
+
+
+def test_bench_smoke_idle_streams_are_held_and_measured():
+    with running("reference", "bench.reference_asgi:app", {**os.environ}, "/") as ref:
+        report = asyncio.run(
+            loadgen.hold_idle(
+                "127.0.0.1",
+                ref.port,
+                reference_targets(20, 100, 200),
+                server_pid=ref.pid,
+                open_per_s=200.0,
+                hold_s=1.0,
+                alive_within_s=0.5,
+            )
+        )
+    assert (report.wanted, report.opened, report.alive, report.errors) == (20, 20, 20, 0)
+    assert report.rss_open_kib > 0
+    # Gaps are measured (events every 200 ms); the bound only catches a stream that stalled.
+    assert 0.15 < report.worst_gap_s < 5.0
