@@ -127,6 +127,17 @@ def persona_stop(
     )
 
 
+def persona_streaming_replies(*, persona_id: str) -> list[str]:
+    """Ids of the replies still streaming in this persona's chats."""
+    from chat.models import Message
+
+    return list(
+        Message.objects.filter(session__persona_id=persona_id, status=Message.Status.STREAMING).values_list(
+            "id", flat=True
+        )
+    )
+
+
 def persona_delete(*, owner_id: int, persona_id: str) -> bool:
     deleted, _ = Persona.objects.filter(owner_id=owner_id, pk=persona_id).delete()
     return deleted > 0

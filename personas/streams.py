@@ -110,8 +110,11 @@ async def persona_cancel(request: HttpRequest, user: AbstractBaseUser, persona_i
 
 @async_api_view
 async def persona_delete(request: HttpRequest, user: AbstractBaseUser, persona_id: str) -> HttpResponseBase:
-    """`DELETE /v1/personas/{id}`: stop any generation, then delete the persona and its chats."""
+    """`DELETE /v1/personas/{id}`: stop its generation and replies, then delete it and its chats."""
     await _owned_persona_json(user.pk, persona_id)
-    await cancel_owned(get_hub(), persona_id, user.pk)
+    hub = get_hub()
+    # Its runs end as `cancelled` (clean-up done) before their rows go.
+    for run_id in [persona_id, *await db(services.persona_streaming_replies, persona_id=persona_id)]:
+        await cancel_owned(hub, run_id, user.pk)
     await db(services.persona_delete, owner_id=user.pk, persona_id=persona_id)
     return HttpResponse(status=204)

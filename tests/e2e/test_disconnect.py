@@ -184,3 +184,24 @@ def test_a_failed_reply_keeps_what_it_produced(server_factory):
     assert json_reply.status_code == 502
     assert json_reply.json()["error"]["code"] == "provider_error"
     assert messages(server, session_id)[-1]["status"] == "failed"
+
+
+def test_deleting_a_persona_cancels_its_streaming_reply_first(slow_server):
+    persona_id = make_persona(slow_server)
+    session_id = make_session(slow_server, persona_id)
+    with (
+        slow_server.client() as c,
+        c.stream(
+            "POST", f"/v1/chat/sessions/{session_id}/messages?stream=true", json={"content": "Still talking"}
+        ) as response,
+    ):
+        chunks = response.iter_raw()
+        head = read_until(chunks, 3)
+        with slow_server.client() as other:
+            assert other.delete(f"/v1/personas/{persona_id}").status_code == 204
+        events, _ = parse_wire(head + b"".join(chunks))
+    assert events[-1].event == "error"
+    assert events[-1].data == {"error": "The run was cancelled.", "code": "cancelled", "retryable": False}
+    with slow_server.client() as c:
+        assert c.get(f"/v1/personas/{persona_id}").status_code == 404
+        assert c.get(f"/v1/chat/sessions/{session_id}").status_code == 404
