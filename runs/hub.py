@@ -91,6 +91,9 @@ class _Run:
 class InProcessHub:
     """The embedded default: runs and their logs live in this process's memory."""
 
+    # Whether other processes produce runs through this hub (then a reaper must watch for dead ones).
+    shared = False
+
     def __init__(self, *, retention_seconds: float, heartbeat_seconds: float) -> None:
         self.retention_seconds = retention_seconds
         self.heartbeat_seconds = heartbeat_seconds
@@ -245,6 +248,15 @@ class InProcessHub:
     def local_run_ids(self) -> set[str]:
         """Ids of the runs this process is producing and that have not ended."""
         return {run.id for run in self._runs.values() if run.task is not None and not run.done}
+
+    # -- recovery ----------------------------------------------------------------------------------
+
+    async def is_alive(self, run_id: str) -> bool:
+        """Whether a live process is still producing the run (here: only this one can)."""
+        return run_id in self.local_run_ids()
+
+    async def abandon(self, run_id: str, owner_id: int, message: str) -> None:
+        """End the log of a run whose process died. No log of another process lives here."""
 
     # -- shutdown ----------------------------------------------------------------------------------
 

@@ -39,15 +39,11 @@ async def reap_orphans(hub: InProcessHub, *, older_than_seconds: float) -> int:
     """Fail every run in the database that no live process is producing; return how many."""
     reaped = 0
     for run_id, owner_id in await db(orphan_candidates, older_than_seconds=older_than_seconds):
-        is_alive = getattr(hub, "is_alive", None)
-        alive = await is_alive(run_id) if is_alive is not None else run_id in hub.local_run_ids()
-        if alive:
+        if await hub.is_alive(run_id):
             continue
         if not await db(orphan_run_fail, run_id=run_id, error=ORPHAN_ERROR):
-            continue
-        abandon = getattr(hub, "abandon", None)
-        if abandon is not None:
-            await abandon(run_id, owner_id, ORPHAN_ERROR)
+            continue  # Another worker's reaper got there first.
+        await hub.abandon(run_id, owner_id, ORPHAN_ERROR)
         logger.warning("run %s was left unfinished by a process that stopped; marked failed", run_id)
         reaped += 1
     return reaped
@@ -165,7 +161,7 @@ class StreamGuard:
 
     async def _reap_periodically(self) -> None:
         hub = get_hub()
-        if not hasattr(hub, "is_alive"):
+        if not hub.shared:
             return  # The in-process hub's orphans were all reaped at start.
         while True:
             await asyncio.sleep(settings.MOONBORN_REAPER_SECONDS)

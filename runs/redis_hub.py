@@ -20,8 +20,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from .events import Event, error_event
+from .events import TERMINAL_EVENTS, Event, error_event
 from .hub import InProcessHub, OnDisconnect, RunInfo, _Run
+from .sse import encode_event
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ MIRROR_LINGER_SECONDS = 5.0
 
 
 class RedisHub(InProcessHub):
+    shared = True
+
     def __init__(
         self,
         url: str,
@@ -245,7 +248,7 @@ class RedisHub(InProcessHub):
                     last = entry_id.decode()
                     event_type = fields[b"t"].decode()
                     terminal = None
-                    if event_type in ("pipeline.completed", "completed", "error"):
+                    if event_type in TERMINAL_EVENTS:
                         frame = fields[b"f"]
                         data = json.loads(frame.split(b"\ndata: ", 1)[1].rstrip(b"\n"))
                         terminal = Event(event_type, data)
@@ -305,7 +308,7 @@ class RedisHub(InProcessHub):
 
     async def is_alive(self, run_id: str) -> bool:
         """Whether some live worker is still producing the run."""
-        if run_id in self.local_run_ids():
+        if await super().is_alive(run_id):
             return True
         worker = await self.redis.hget(self._meta_key(run_id), "worker")
         if worker is None or await self.redis.hget(self._meta_key(run_id), "done"):
@@ -317,8 +320,6 @@ class RedisHub(InProcessHub):
         key = self._events_key(run_id)
         length = int(await self.redis.xlen(key))
         event = error_event(message, "internal_error", retryable=True)
-        from .sse import encode_event
-
         frame = encode_event(length + 1, event.type, event.data)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xadd(key, {"f": frame, "t": event.type}, id=f"0-{length + 1}")

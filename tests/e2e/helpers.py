@@ -9,9 +9,21 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-from tests.conftest import LiveServer
+from tests.conftest import ROOT, LiveServer
 
 SSE = {"Accept": "text/event-stream"}
+
+# Browser tests: Debian's Chromium, headless, cut off from the network it cannot reach anyway.
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 JSON = {"Accept": "application/json"}
 
 FRAME = re.compile(rb"id: (\d+)\nevent: ([a-z][a-z0-9_.]*)\ndata: ([^\n]*)\n\n")

@@ -10,19 +10,9 @@ import json
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.conftest import ROOT, manage
-from tests.e2e.helpers import JSON, make_session
+from tests.conftest import manage
+from tests.e2e.helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, JSON, make_session
 
-ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CARD = {
     "spec": "chara_card_v2",
     "spec_version": "2.0",

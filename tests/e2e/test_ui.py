@@ -7,20 +7,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.conftest import ROOT, manage
+from tests.conftest import manage
 from tests.e2e.cutproxy import CutProxy
-from tests.e2e.helpers import make_persona, make_session
+from tests.e2e.helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, make_persona, make_session
 
-ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 STEPS = ["soul_draft", "lore_weave", "psyche_profile", "voice_print", "dialogue_seed", "card_compile"]
 # 60 tokens at 40 ms: long enough to watch the text grow and to press Stop mid-reply.
 SLOW = {"MOONBORN_DEMO_DELAY_MS": "40", "MOONBORN_DEMO_REPLY_TOKENS": "60"}
