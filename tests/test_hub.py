@@ -245,7 +245,7 @@ async def test_active_count_counts_only_live_runs_of_the_owner(make_hub):
 async def two_workers():
     prefix = f"test-{uuid.uuid4().hex[:12]}"
     hubs = [
-        RedisHub(REDIS_URL, retention_seconds=60, heartbeat_seconds=5, prefix=prefix, worker_ttl_seconds=1.5)
+        RedisHub(REDIS_URL, retention_seconds=60, heartbeat_seconds=5, prefix=prefix, worker_ttl_seconds=15)
         for _ in range(2)
     ]
     yield hubs
@@ -310,22 +310,26 @@ async def test_active_runs_are_counted_across_workers(two_workers):
 async def test_a_run_whose_worker_died_is_detected_and_abandoned(two_workers):
     a, b = two_workers
     await a.start("run1", owner_id=1, flow=ticking(10_000, delay=0.01), on_disconnect=OnDisconnect.CONTINUE)
-    await asyncio.sleep(0.05)
-    assert await b.is_alive("run1") is True
-    # Worker A stops refreshing its liveness key (as if killed): B sees the run as orphaned.
-    for task in list(a._background):
-        task.cancel()
-    await a.redis.delete(a._worker_key(a.worker_id))
-    assert await b.is_alive("run1") is False
-    follower = asyncio.create_task(collect(b, "run1"))
-    await asyncio.sleep(0.05)
-    await b.abandon("run1", 1, "The server running this run stopped.")
-    body = await asyncio.wait_for(follower, timeout=3)
-    assert body.endswith(
-        b'event: error\ndata: {"error":"The server running this run stopped.","code":"internal_error","retryable":true}\n\n'
-    )
-    assert await b.active_count(1) == 0
-    a._runs["run1"].task.cancel()
+    try:
+        await asyncio.sleep(0.05)
+        assert await b.is_alive("run1") is True
+        # Worker A stops writing and refreshing its liveness key (as if killed): B sees an orphan.
+        stopped = list(a._background)
+        for task in stopped:
+            task.cancel()
+        await asyncio.gather(*stopped, return_exceptions=True)
+        await a.redis.delete(a._worker_key(a.worker_id))
+        assert await b.is_alive("run1") is False
+        follower = asyncio.create_task(collect(b, "run1"))
+        await asyncio.sleep(0.05)
+        await b.abandon("run1", 1, "The server running this run stopped.")
+        body = await asyncio.wait_for(follower, timeout=3)
+        assert body.endswith(
+            b'event: error\ndata: {"error":"The server running this run stopped.","code":"internal_error","retryable":true}\n\n'
+        )
+        assert await b.active_count(1) == 0
+    finally:
+        a._runs["run1"].task.cancel()
 
 
 async def test_shutdown_releases_followers_with_the_last_id_and_lets_the_run_finish(make_hub):
