@@ -74,7 +74,16 @@ DATABASES["default"]["CONN_MAX_AGE"] = 0
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Short writes from several threads at once: wait for the lock instead of failing at once.
-    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
+    # WAL: readers do not wait for the writer, and a commit appends to the log without an fsync per transaction
+    # (synchronous=NORMAL keeps the database consistent through a crash; the last commits before a power cut can
+    # be lost, as with PostgreSQL's synchronous_commit=off).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        }
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # psycopg 3's pool: runs take a connection per short write and give it straight back.
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -163,3 +172,6 @@ MOONBORN_REAPER_SECONDS = env.float("MOONBORN_REAPER_SECONDS", default=10.0)
 MOONBORN_SHUTDOWN_DRAIN_SECONDS = env.float("MOONBORN_SHUTDOWN_DRAIN_SECONDS", default=30.0)
 # Partial reply content is written to the database at most this often while a reply streams.
 MOONBORN_PROGRESS_FLUSH_SECONDS = env.float("MOONBORN_PROGRESS_FLUSH_SECONDS", default=1.0)
+# How much lower than the server's the drift embedding thread's CPU priority is (0: the same). Under load the
+# cores go to streaming tokens first; scores come as soon as the cores are free.
+MOONBORN_EMBED_NICE = env.int("MOONBORN_EMBED_NICE", default=10)

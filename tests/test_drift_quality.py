@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,15 @@ import numpy as np
 import pytest
 
 from chat.drift import DriftResult, calibrate, centroid, generic_assistant_texts, score_reply
-from chat.scoring import CHUNK_MIN_WORDS, DRIFT_ALPHA, StreamingEmbedding, embed_reply, split_chunks
+from chat.scoring import (
+    CHUNK_MIN_WORDS,
+    DRIFT_ALPHA,
+    EmbeddingQueue,
+    Part,
+    StreamingEmbedding,
+    embed_reply,
+    split_chunks,
+)
 from llm.embeddings import get_embedder
 
 FIXTURE = Path(__file__).parent / "fixtures" / "drift_labelled.json"
@@ -159,8 +168,48 @@ def test_streaming_embedding_equals_the_offline_embedding(labelled: dict[str, An
 
     streamed = asyncio.run(stream())
     offline = embed_reply(text)
-    assert np.array_equal(streamed, offline)
+    # The same chunks, embedded in other batches: equal up to float32 rounding (BLAS sums in another order).
+    assert np.abs(streamed - offline).max() <= 1e-6
     assert float(np.linalg.norm(offline)) == pytest.approx(1.0, abs=1e-5)
     # a single chunk is the model's own embedding of the whole text
     short = labelled["personas"]["Zed"]["in_character"][0]
     assert np.array_equal(embed_reply(short), get_embedder().embed([short])[0])
+
+
+class _Queue(EmbeddingQueue):
+    """The real queue, told whether it is idle, recording what it is given."""
+
+    def __init__(self, *, idle: bool) -> None:
+        super().__init__()
+        self.is_idle = idle
+        self.batches: list[list[str]] = []
+
+    def idle(self) -> bool:
+        return self.is_idle
+
+    def submit(self, chunks: list[str]) -> list[Future[Part]]:
+        self.batches.append(list(chunks))
+        return super().submit(chunks)
+
+
+@pytest.mark.parametrize("idle", [True, False])
+def test_chunks_are_embedded_ahead_only_when_the_queue_is_idle(labelled: dict[str, Any], idle: bool) -> None:
+    text = " ".join(labelled["personas"]["Captain Redbeard"]["in_character"][:5])
+    words = text.split(" ")
+    deltas = [words[0]] + [" " + w for w in words[1:]]
+    chunks = split_chunks(text)
+    queue = _Queue(idle=idle)
+
+    async def stream() -> np.ndarray:
+        embedding = StreamingEmbedding(queue)
+        for delta in deltas:
+            embedding.feed(delta)
+        ahead = [chunk for batch in queue.batches for chunk in batch]
+        # Idle: every finished chunk went ahead, the last one (still open) waits for the end. Busy: none went.
+        assert ahead == (chunks[:-1] if idle else [])
+        return await embedding.vector()
+
+    vector = asyncio.run(stream())
+    # At the end, whatever had not gone ahead goes in one batch.
+    assert queue.batches[-1] == (chunks[-1:] if idle else chunks)
+    assert np.abs(vector - embed_reply(text)).max() <= 1e-6
