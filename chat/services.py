@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from accounts.models import UsageRecord
@@ -74,10 +74,12 @@ def message_create_turn(*, owner_id: int, session_id: str, content: str, provide
     persona = session.persona
     if persona.status != Persona.Status.READY:
         raise ChatConflict(f"Persona {persona.id} is {persona.status}; chats need a ready persona.")
-    if session.messages.filter(status=Message.Status.STREAMING).exists():
+    state = session.messages.aggregate(
+        last=Max("index"), streaming=Count("pk", filter=Q(status=Message.Status.STREAMING))
+    )
+    if state["streaming"]:
         raise ChatConflict("A reply is still being generated in this session; wait for it or cancel it.")
-    last = session.messages.aggregate(last=Max("index"))["last"]
-    index = 0 if last is None else last + 1
+    index = 0 if state["last"] is None else state["last"] + 1
     earlier = list(
         session.messages.exclude(content="").order_by("-index").values_list("role", "content")[:HISTORY_LIMIT]
     )
@@ -89,7 +91,7 @@ def message_create_turn(*, owner_id: int, session_id: str, content: str, provide
         owner_id=owner_id, kind=UsageRecord.Kind.CHAT, run_id=reply.id, provider=provider, model=model
     )
     ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
-    voice: dict[str, Any] = next((s.output for s in persona.steps.all() if s.name == "voice_print"), {})
+    voice: dict[str, Any] = persona.steps.filter(name="voice_print").values_list("output", flat=True).first() or {}
     return ReplyJob(
         session_id=session.id,
         user_message_id=user.id,

@@ -35,9 +35,10 @@ threading.Thread(target=_warm_up, name="moonborn-warm-up", daemon=True).start()
 
 
 # Imported once the apps are loaded (above).
+from moonborn_site.handlers import ApiHandler, ByCredentials  # noqa: E402
 from runs.lifecycle import StreamGuard, recover_at_start  # noqa: E402
 
 # Runs that a previous process left unfinished become `failed` before anything is served.
 recover_at_start()
 
-application = StreamGuard(django_application)
+application = StreamGuard(ByCredentials(django_application, ApiHandler()))

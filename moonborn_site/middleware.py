@@ -5,6 +5,7 @@ from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
+from django.middleware.security import SecurityMiddleware
 
 from .api import STATUS_CODES, STATUS_MESSAGES, error_response
 
@@ -60,3 +61,17 @@ class ApiErrorMiddleware:
             if response.has_header(header):
                 new[header] = response[header]
         return new
+
+
+class InlineSecurityMiddleware(SecurityMiddleware):
+    """Django's SecurityMiddleware with its hooks called inline on an async request.
+
+    The stock MiddlewareMixin runs each hook in a worker thread (a thread hop per request and per response); these
+    two only read settings and set headers, so they run on the event loop.
+    """
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.process_request(request)
+        if response is None:
+            response = await self.get_response(request)  # type: ignore[misc]
+        return self.process_response(request, response)

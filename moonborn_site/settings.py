@@ -48,6 +48,12 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # No GZipMiddleware: it would compress text/event-stream. Compress JSON at the proxy if wanted.
 ]
+# Requests under /v1/ that carry an Authorization header (API keys) go through these only
+# (moonborn_site.handlers): no session, CSRF or messages to process, and no middleware that hops to a thread.
+MOONBORN_API_MIDDLEWARE = [
+    "moonborn_site.middleware.ApiErrorMiddleware",
+    "moonborn_site.middleware.InlineSecurityMiddleware",
+]
 
 ROOT_URLCONF = "moonborn_site.urls"
 ASGI_APPLICATION = "moonborn_site.asgi.application"

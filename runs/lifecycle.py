@@ -19,6 +19,8 @@ from typing import Any
 
 from django.conf import settings
 
+from moonborn_site.handlers import release_request_thread
+
 from .db import db
 from .hub import InProcessHub, get_hub
 from .services import orphan_candidates, orphan_run_fail
@@ -109,6 +111,8 @@ class StreamGuard:
                     name.lower() == b"content-type" and value.startswith(b"text/event-stream")
                     for name, value in message.get("headers", ())
                 )
+                if is_stream:
+                    release_request_thread()
                 await send(message)
                 return
             if not is_stream:
