@@ -1,16 +1,14 @@
 """The chat reply flow: prompt → provider stream → token events → drift → `completed`."""
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
-
-from django.conf import settings
 
 from llm.base import ChatMessage, CompletionRequest, Provider, ProviderError, Usage
 from runs.db import db
 from runs.events import Event
 
 from . import services
+from .progress import get_progress_writer
 from .scoring import StreamingEmbedding, score_record, score_vector
 from .services import ReplyJob
 
@@ -51,9 +49,10 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
     parts: list[str] = []
     finished = False
     stop_status, error = "failed", ""
-    flush_every = settings.MOONBORN_PROGRESS_FLUSH_SECONDS
-    last_flush = time.monotonic()
     stream = provider.stream(reply_request(job), usage)
+    # Partial content reaches the database on the progress writer's timer, never once per token.
+    progress = get_progress_writer()
+    progress.track(job.assistant_message_id, parts)
     # Finished sentences are embedded while the rest streams, so `completed` waits for the last chunk only.
     embedding = StreamingEmbedding()
     try:
@@ -63,10 +62,6 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
             parts.append(delta)
             embedding.feed(delta)
             yield Event("token", {"delta": delta})
-            # Partial content reaches the database on a timer, never once per token.
-            if time.monotonic() - last_flush >= flush_every:
-                await db(services.message_progress, message_id=job.assistant_message_id, content="".join(parts))
-                last_flush = time.monotonic()
         content = "".join(parts)
         result = await asyncio.to_thread(
             score_vector,
@@ -111,6 +106,7 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
         error = f"Internal error: {type(exc).__name__}"
         raise
     finally:
+        progress.untrack(job.assistant_message_id)
         embedding.cancel()
         # Closing the provider's stream closes its upstream request: billing stops here.
         await stream.aclose()  # type: ignore[attr-defined]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
@@ -138,9 +138,18 @@ def other_persona_centroids(*, owner_id: int, persona_id: str, embedding_model: 
     return np.stack(centroids).tobytes()
 
 
-def message_progress(*, message_id: str, content: str) -> None:
-    """Save the partial content of a reply that is still streaming."""
-    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(content=content)
+@transaction.atomic
+def messages_progress(*, updates: list[tuple[str, str]]) -> None:
+    """Save the partial content of replies that are still streaming: (message id, content) pairs.
+
+    One statement run for all rows (executemany), since a busy process saves thousands at a time.
+    """
+    table = connection.ops.quote_name(Message._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"UPDATE {table} SET content = %s WHERE id = %s AND status = %s",
+            [(content, message_id, Message.Status.STREAMING) for message_id, content in updates],
+        )
 
 
 @transaction.atomic

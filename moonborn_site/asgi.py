@@ -1,5 +1,6 @@
 """ASGI entry point: `uvicorn moonborn_site.asgi:application` (or daphne through runserver)."""
 
+import gc
 import os
 import sys
 import threading
@@ -42,3 +43,8 @@ from runs.lifecycle import StreamGuard, recover_at_start  # noqa: E402
 recover_at_start()
 
 application = StreamGuard(ByCredentials(django_application, ApiHandler()))
+
+# What start-up loaded lives as long as the process: move it out of the collector's sight, so that full
+# collections (whose cost grows with the heap, thousands of open streams included) do not walk it again.
+gc.collect()
+gc.freeze()

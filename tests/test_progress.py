@@ -1,0 +1,57 @@
+"""The progress writer: partial replies reach the database on a timer, in one write, only while streaming."""
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from chat.models import Message
+from chat.progress import ProgressWriter
+from tests.factories import MessageFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def contents(*messages: Message) -> list[str]:
+    return [(await Message.objects.aget(pk=m.pk)).content for m in messages]
+
+
+async def test_a_flush_saves_the_replies_that_grew_and_never_touches_a_finished_one() -> None:
+    make = sync_to_async(MessageFactory)
+    growing = await make(status=Message.Status.STREAMING, content="")
+    quiet = await make(status=Message.Status.STREAMING, content="")
+    finished = await make(status=Message.Status.COMPLETED, content="The final text.")
+    writer = ProgressWriter(interval=3600)
+    parts: dict[str, list[str]] = {m.pk: [] for m in (growing, quiet, finished)}
+    for message_id, deltas in parts.items():
+        writer.track(message_id, deltas)
+
+    assert await writer.flush() == 0
+    parts[growing.pk] += ["Aye", ", the"]
+    parts[finished.pk] += ["late"]
+    assert await writer.flush() == 2
+    assert await contents(growing, quiet, finished) == ["Aye, the", "", "The final text."]
+
+    assert await writer.flush() == 0  # nothing grew since
+    writer.untrack(growing.pk)
+    parts[growing.pk] += [" lamp"]
+    assert await writer.flush() == 0
+    assert await contents(growing) == ["Aye, the"]
+
+
+async def test_the_timer_saves_without_being_asked_and_stops_when_no_reply_streams() -> None:
+    message = await sync_to_async(MessageFactory)(status=Message.Status.STREAMING, content="")
+    writer = ProgressWriter(interval=0.05)
+    deltas: list[str] = []
+    writer.track(message.pk, deltas)
+    deltas.append("Storm's coming.")
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if await contents(message) == ["Storm's coming."]:
+            break
+    assert await contents(message) == ["Storm's coming."]
+    writer.untrack(message.pk)
+    task = writer._task
+    assert task is not None
+    await asyncio.wait_for(task, timeout=2)
+    assert task.done() and task.exception() is None
