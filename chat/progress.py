@@ -27,6 +27,8 @@ class ProgressWriter:
         # message id → (its deltas so far, how many of them were saved)
         self._replies: dict[str, tuple[list[str], int]] = {}
         self._task: asyncio.Task[None] | None = None
+        # How many reply contents were saved so far (for tests and diagnostics).
+        self.saved = 0
 
     def track(self, message_id: str, parts: list[str]) -> None:
         """Save `parts` (joined) from time to time until `untrack`; the list is read, never changed."""
@@ -47,6 +49,7 @@ class ProgressWriter:
                 self._replies[message_id] = (parts, len(parts))
         if updates:
             await db(messages_progress, updates=updates)
+            self.saved += len(updates)
         return len(updates)
 
     async def _run(self) -> None:

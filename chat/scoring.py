@@ -32,6 +32,8 @@ DRIFT_ALPHA = 0.05
 CHUNK_MIN_WORDS = 24
 # A sentence end: terminal punctuation (and closing quotes or brackets) followed by whitespace.
 _SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]*]*(?=\s)")
+# How far before a delta a sentence end that the delta's whitespace completes can start (punctuation, closers).
+_END_LOOKBACK = 16
 # At most this many chunks go into one call of the embedder (which packs them into forward passes).
 _MAX_BATCH_CHUNKS = 64
 
@@ -170,6 +172,10 @@ class StreamingEmbedding:
         self._open += delta
         if not any(c.isspace() for c in delta):
             return  # a chunk can only close once the whitespace after its sentence end has arrived
+        # Only a sentence end new with this delta can close a chunk (the earlier ones were all short of
+        # CHUNK_MIN_WORDS and stay so): look for one near the end before scanning the whole open text.
+        if not _SENTENCE_END.search(self._open, max(0, len(self._open) - len(delta) - _END_LOOKBACK)):
+            return
         chunks, self._open = take_chunks(self._open)
         self._closed.extend(chunks)
         if self._closed and self._queue.idle():

@@ -9,7 +9,8 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "moonborn_site.settings")
 
-django_application = get_asgi_application()
+# Sets Django up; the handlers that serve are built below (moonborn_site.handlers).
+get_asgi_application()
 
 
 def _check_provider_settings() -> None:
@@ -36,13 +37,13 @@ threading.Thread(target=_warm_up, name="moonborn-warm-up", daemon=True).start()
 
 
 # Imported once the apps are loaded (above).
-from moonborn_site.handlers import ApiHandler, ByCredentials  # noqa: E402
+from moonborn_site.handlers import ApiHandler, ByCredentials, PooledASGIHandler  # noqa: E402
 from runs.lifecycle import StreamGuard, recover_at_start  # noqa: E402
 
 # Runs that a previous process left unfinished become `failed` before anything is served.
 recover_at_start()
 
-application = StreamGuard(ByCredentials(django_application, ApiHandler()))
+application = StreamGuard(ByCredentials(PooledASGIHandler(), ApiHandler()))
 
 # What start-up loaded lives as long as the process: move it out of the collector's sight, so that full
 # collections (whose cost grows with the heap, thousands of open streams included) do not walk it again.

@@ -1,23 +1,89 @@
-"""The ASGI side of Django, trimmed for API-key requests.
+"""The ASGI side of Django, trimmed for streaming.
 
-Requests under /v1/ with an `Authorization` header authenticate by API key, so the session, CSRF, auth and
-messages middleware have nothing to do for them; each of those stock middlewares still costs a thread hop per
-request on the async path (shared/spec/performance.md, finding 2). They go to a second Django handler whose
-middleware is `MOONBORN_API_MIDDLEWARE`; everything else (the browser UI, the admin, session calls to the API)
-goes through the full `MIDDLEWARE`.
+Two things Django's stock ASGI handler costs per request, measured in shared/spec/performance.md:
+
+- A thread of its own for the request's sync work (asgiref's ThreadSensitiveContext), created when the request
+  starts, joined by yet another thread when it ends, and held while the response streams: one idle OS thread
+  per open stream. Here requests borrow single-thread executors from a small pool, and a streaming response
+  gives its executor back as soon as its headers go out (:func:`release_request_thread`).
+- A thread hop per stock middleware hook. Requests under /v1/ with an `Authorization` header authenticate by API
+  key, so the session, CSRF, auth and messages middleware have nothing to do for them: they go to
+  :class:`ApiHandler`, whose middleware is `MOONBORN_API_MIDDLEWARE`. Everything else (the browser UI, the admin,
+  session calls to the API) goes through the full `MIDDLEWARE`.
 """
 
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import SyncToAsync
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
 from .middleware import API_PREFIX
 
 
-class ApiHandler(ASGIHandler):
-    """Django's ASGI handler with `MOONBORN_API_MIDDLEWARE` instead of `MIDDLEWARE`."""
+class _RequestThreads:
+    """Single-thread executors lent to requests; up to `keep` idle ones are kept for the next requests.
+
+    Used from the event loop's thread only. Django closes a request's database connections when it ends
+    (CONN_MAX_AGE = 0), so a thread goes back clean, as in a WSGI server's thread pool.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._idle: list[ThreadPoolExecutor] = []
+
+    def acquire(self) -> ThreadPoolExecutor:
+        return self._idle.pop() if self._idle else ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+
+    def release(self, executor: ThreadPoolExecutor) -> None:
+        if len(self._idle) < self.keep:
+            self._idle.append(executor)
+        else:
+            executor.shutdown(wait=False)
+
+
+_threads = _RequestThreads(keep=32)
+# The sync calls Django makes when a stream ends (closing the response, `request_finished`) are short and touch
+# no connection of the request's: the streams that gave their thread back share this one for them.
+_stream_ends: Executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-end")
+
+
+@dataclass
+class _Lease:
+    executor: ThreadPoolExecutor
+    context: ThreadSensitiveContext
+    returned: bool = False
+
+
+_lease: ContextVar[_Lease | None] = ContextVar("moonborn_request_thread", default=None)
+
+
+class PooledASGIHandler(ASGIHandler):
+    """Django's ASGI handler, with the request's thread borrowed from a pool instead of created and joined."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)  # refuses it, as Django does
+            return
+        executor = _threads.acquire()
+        context = ThreadSensitiveContext(executor=executor)
+        lease = _Lease(executor, context)
+        token = _lease.set(lease)
+        try:
+            async with context:
+                await self.handle(scope, receive, send)
+        finally:
+            _lease.reset(token)
+            if not lease.returned:
+                lease.returned = True
+                _threads.release(executor)
+
+
+class ApiHandler(PooledASGIHandler):
+    """The pooled handler with `MOONBORN_API_MIDDLEWARE` instead of `MIDDLEWARE`."""
 
     def load_middleware(self, is_async: bool = False) -> None:
         # BaseHandler.load_middleware reads settings.MIDDLEWARE; point it at the API list while it builds the
@@ -49,16 +115,15 @@ class ByCredentials:
 
 
 def release_request_thread() -> None:
-    """Let the current request's worker thread go while its response streams.
+    """Give the current request's thread back to the pool while its response streams.
 
-    Django gives each request a thread of its own for its sync work (asgiref's ThreadSensitiveContext) and keeps
-    it until the response ends: one idle OS thread per open stream. A stream does its database work before it
-    starts and in the run's own tasks, so the thread can go now; the few sync calls Django makes when the
-    response ends get a fresh one.
+    A stream does its database work before it starts and in the run's own tasks (`runs.db.db`), so its request
+    thread would only sit idle: one OS thread per open stream. What Django runs when the response ends goes to
+    the shared stream-end thread instead.
     """
-    context = SyncToAsync.thread_sensitive_context.get(None)
-    if context is None:
+    lease = _lease.get()
+    if lease is None or lease.returned:
         return
-    executor = SyncToAsync.context_to_thread_executor.pop(context, None)
-    if executor is not None:
-        executor.shutdown(wait=False)
+    lease.returned = True
+    SyncToAsync.context_to_thread_executor[lease.context] = _stream_ends
+    _threads.release(lease.executor)
