@@ -1,7 +1,10 @@
 """Writes for chat sessions and messages."""
 
 import base64
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -10,7 +13,7 @@ from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from accounts.models import UsageRecord
-from personas.models import Persona
+from personas.models import Persona, PersonaStep
 
 from .drift import centroid
 from .models import ChatSession, Message
@@ -64,13 +67,77 @@ class ReplyJob:
     other_centroids: bytes = b""
 
 
+@dataclass(frozen=True)
+class PersonaVoice:
+    """What a reply needs from its persona: one per persona version, shared (read-only) by all its replies."""
+
+    system_prompt: str
+    post_history_instructions: str
+    anchor_texts: tuple[str, ...]
+    catchphrases: tuple[str, ...]
+    anchor_vectors: bytes
+    calibration: dict[str, Any]
+    drift_threshold: float | None
+    embedding_model: str
+
+
+# (persona id, updated_at) → its voice, most recently used last. Every write to a persona sets updated_at, so a
+# changed persona is read again; concurrent replies of one persona share one copy of its vectors and calibration
+# instead of each decoding and holding its own (~20 KiB a reply).
+_voices: OrderedDict[tuple[str, datetime], PersonaVoice] = OrderedDict()
+_voices_lock = threading.Lock()
+VOICE_CACHE_SIZE = 256
+
+
+def persona_voice(*, persona_id: str, updated_at: datetime) -> PersonaVoice:
+    """The voice of this version of the persona, from the process cache or the database."""
+    key = (persona_id, updated_at)
+    with _voices_lock:
+        voice = _voices.get(key)
+        if voice is not None:
+            _voices.move_to_end(key)
+            return voice
+    row = Persona.objects.filter(pk=persona_id).values(
+        "system_prompt",
+        "post_history_instructions",
+        "drift_anchors",
+        "anchor_vectors",
+        "calibration",
+        "drift_threshold",
+        "embedding_model",
+    )[0]
+    output = PersonaStep.objects.filter(persona_id=persona_id, name="voice_print").values_list("output", flat=True)
+    steps: dict[str, Any] = output.first() or {}
+    voice = PersonaVoice(
+        system_prompt=row["system_prompt"],
+        post_history_instructions=row["post_history_instructions"],
+        anchor_texts=tuple(row["drift_anchors"]),
+        catchphrases=tuple(steps.get("catchphrases") or ()),
+        anchor_vectors=bytes(row["anchor_vectors"]),
+        calibration=row["calibration"],
+        drift_threshold=row["drift_threshold"],
+        embedding_model=row["embedding_model"],
+    )
+    with _voices_lock:
+        _voices[key] = voice
+        while len(_voices) > VOICE_CACHE_SIZE:
+            _voices.popitem(last=False)
+    return voice
+
+
 @transaction.atomic
 def message_create_turn(*, owner_id: int, session_id: str, content: str, provider: str, model: str) -> ReplyJob:
     """Store the user's message and an empty streaming assistant reply; return the reply's job.
 
     Raises ChatSession.DoesNotExist (404) or ChatConflict (409).
     """
-    session = ChatSession.objects.select_for_update().select_related("persona").get(owner_id=owner_id, pk=session_id)
+    session = (
+        ChatSession.objects.select_for_update()
+        .select_related("persona")
+        # The rest of the persona (some of it large) comes from persona_voice(), once per version.
+        .only("id", "persona", "persona__name", "persona__status", "persona__updated_at")
+        .get(owner_id=owner_id, pk=session_id)
+    )
     persona = session.persona
     if persona.status != Persona.Status.READY:
         raise ChatConflict(f"Persona {persona.id} is {persona.status}; chats need a ready persona.")
@@ -91,7 +158,7 @@ def message_create_turn(*, owner_id: int, session_id: str, content: str, provide
         owner_id=owner_id, kind=UsageRecord.Kind.CHAT, run_id=reply.id, provider=provider, model=model
     )
     ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
-    voice: dict[str, Any] = persona.steps.filter(name="voice_print").values_list("output", flat=True).first() or {}
+    voice = persona_voice(persona_id=persona.id, updated_at=persona.updated_at)
     return ReplyJob(
         session_id=session.id,
         user_message_id=user.id,
@@ -100,17 +167,17 @@ def message_create_turn(*, owner_id: int, session_id: str, content: str, provide
         turn=index // 2,
         persona_id=persona.id,
         persona_name=persona.name,
-        system_prompt=persona.system_prompt,
-        post_history_instructions=persona.post_history_instructions,
+        system_prompt=voice.system_prompt,
+        post_history_instructions=voice.post_history_instructions,
         history=tuple(reversed(earlier)),
         user_content=content,
-        anchor_texts=tuple(persona.drift_anchors),
-        catchphrases=tuple(voice.get("catchphrases") or ()),
-        anchor_vectors=bytes(persona.anchor_vectors),
-        calibration=persona.calibration,
-        drift_threshold=persona.drift_threshold,
+        anchor_texts=voice.anchor_texts,
+        catchphrases=voice.catchphrases,
+        anchor_vectors=voice.anchor_vectors,
+        calibration=voice.calibration,
+        drift_threshold=voice.drift_threshold,
         other_centroids=other_persona_centroids(
-            owner_id=owner_id, persona_id=persona.id, embedding_model=persona.embedding_model
+            owner_id=owner_id, persona_id=persona.id, embedding_model=voice.embedding_model
         ),
     )
 

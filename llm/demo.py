@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .base import CompletionRequest, ProviderError, Usage, count_tokens
@@ -147,6 +147,11 @@ def step_output(purpose: str, context: Mapping[str, Any]) -> dict[str, Any]:
 
 def chat_reply(context: Mapping[str, Any], n_tokens: int) -> list[str]:
     """Write a reply of exactly `n_tokens` word-sized deltas in the persona's own voice."""
+    return list(iter_chat_reply(context, n_tokens))
+
+
+def iter_chat_reply(context: Mapping[str, Any], n_tokens: int) -> Iterator[str]:
+    """The deltas of :func:`chat_reply`, made as they are taken (a long reply is never held whole)."""
     persona: Mapping[str, Any] = context.get("persona", {})
     user_message = str(context.get("user_message", ""))
     name = str(persona.get("name") or "the stranger").split()[0]
@@ -160,15 +165,15 @@ def chat_reply(context: Mapping[str, Any], n_tokens: int) -> list[str]:
     sentences += [re.sub(r"^\*[^*]+\*\s*", "", lines[i]) for i in order]
     if catchphrases:
         sentences.append(catchphrases[seed % len(catchphrases)])
-    tokens: list[str] = []
+    made = 0
     i = 0
-    while len(tokens) < n_tokens:
+    while made < n_tokens:
         for word in sentences[i % len(sentences)].split():
-            tokens.append(word if not tokens else " " + word)
-            if len(tokens) == n_tokens:
-                break
+            yield word if not made else " " + word
+            made += 1
+            if made == n_tokens:
+                return
         i += 1
-    return tokens
 
 
 def _chunks(text: str, n: int) -> list[str]:
@@ -197,7 +202,7 @@ class DemoProvider:
     async def stream(self, request: CompletionRequest, usage: Usage) -> AsyncIterator[str]:
         usage.prompt_tokens += sum(count_tokens(m.content) for m in request.messages)
         if request.purpose == "chat_reply":
-            deltas = chat_reply(request.context, self.reply_tokens)
+            deltas: Iterable[str] = iter_chat_reply(request.context, self.reply_tokens)
         else:
             # Step answers stream in a few pieces: a demo pipeline takes seconds, not minutes.
             deltas = _chunks(json.dumps(step_output(request.purpose, request.context), ensure_ascii=False), 8)
