@@ -104,10 +104,22 @@ class EmbeddingQueue:
         self._waiting: deque[tuple[str, Future[Part]]] = deque()
         self._busy = False
         self._thread: threading.Thread | None = None
+        # Replies streaming now (counted on the event loop by StreamingEmbedding).
+        self.streaming = 0
 
     def idle(self) -> bool:
         """Whether the worker has nothing to do (so work submitted now starts at once)."""
         return not self._busy and not self._waiting
+
+    def takes_ahead(self) -> bool:
+        """Whether a streaming reply should send a finished chunk now rather than with the rest at its end.
+
+        Only while few replies stream (``MOONBORN_EMBED_AHEAD_MAX_REPLIES``) and the worker is idle: then it hides
+        the embedding in the time the model takes to write. With many replies, embedding ahead would keep a core
+        busy with replies that may be minutes from their end (or cancelled); at their end their chunks are batched
+        with everyone else's instead.
+        """
+        return self.streaming <= settings.MOONBORN_EMBED_AHEAD_MAX_REPLIES and self.idle()
 
     def submit(self, chunks: list[str]) -> list[Future[Part]]:
         futures: list[Future[Part]] = [Future() for _ in chunks]
@@ -157,8 +169,9 @@ class StreamingEmbedding:
     """Embeds a reply chunk by chunk while it streams, on :data:`EMBEDDING_QUEUE`.
 
     ``feed(delta)`` per token costs a regex over the open chunk (a few hundred characters at most). A finished
-    chunk is sent ahead only when the queue is idle: under load (many replies streaming) chunks wait and are
-    embedded at the end with the rest, in one batch, so the work is never done twice and never crowds out tokens.
+    chunk is sent ahead only when the queue takes it (:meth:`EmbeddingQueue.takes_ahead`): under load (many replies
+    streaming) chunks wait and are embedded at the end with the rest, in one batch, so the work is never done twice
+    and never crowds out tokens.
     ``vector()`` embeds what is left and combines; ``cancel()`` drops what has not started.
     """
 
@@ -167,6 +180,13 @@ class StreamingEmbedding:
         self._open = ""
         self._closed: list[str] = []
         self._futures: list[Future[Part]] = []
+        self._streaming = True
+        queue.streaming += 1
+
+    def _ended(self) -> None:
+        if self._streaming:
+            self._streaming = False
+            self._queue.streaming -= 1
 
     def feed(self, delta: str) -> None:
         self._open += delta
@@ -178,12 +198,13 @@ class StreamingEmbedding:
             return
         chunks, self._open = take_chunks(self._open)
         self._closed.extend(chunks)
-        if self._closed and self._queue.idle():
+        if self._closed and self._queue.takes_ahead():
             self._futures.extend(self._queue.submit(self._closed))
             self._closed = []
 
     async def vector(self) -> Vector:
         """The vector of everything fed: ``embed_reply(<all deltas joined>)`` up to float32 rounding."""
+        self._ended()
         chunks, rest = take_chunks(self._open)
         todo = self._closed + chunks
         if rest.strip() or not (self._futures or todo):
@@ -195,6 +216,7 @@ class StreamingEmbedding:
         return _combine(parts)
 
     def cancel(self) -> None:
+        self._ended()
         for future in self._futures:
             future.cancel()
         self._futures = []

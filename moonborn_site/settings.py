@@ -181,3 +181,6 @@ MOONBORN_PROGRESS_FLUSH_SECONDS = env.float("MOONBORN_PROGRESS_FLUSH_SECONDS", d
 # How much lower than the server's the drift embedding thread's CPU priority is (0: the same). Under load the
 # cores go to streaming tokens first; scores come as soon as the cores are free.
 MOONBORN_EMBED_NICE = env.int("MOONBORN_EMBED_NICE", default=10)
+# While at most this many replies stream in the process, their finished sentences are embedded as they stream
+# (so `completed` waits only for the last one); with more, each reply is embedded at its end, batched with others.
+MOONBORN_EMBED_AHEAD_MAX_REPLIES = env.int("MOONBORN_EMBED_AHEAD_MAX_REPLIES", default=8)

@@ -192,8 +192,12 @@ class _Queue(EmbeddingQueue):
         return super().submit(chunks)
 
 
-@pytest.mark.parametrize("idle", [True, False])
-def test_chunks_are_embedded_ahead_only_when_the_queue_is_idle(labelled: dict[str, Any], idle: bool) -> None:
+@pytest.mark.parametrize(("idle", "ahead_max", "ahead"), [(True, 8, True), (False, 8, False), (True, 0, False)])
+def test_chunks_are_embedded_ahead_only_when_the_queue_is_idle_and_few_replies_stream(
+    labelled: dict[str, Any], settings: Any, idle: bool, ahead_max: int, ahead: bool
+) -> None:
+    # ahead_max 0: even this one reply is more than may embed ahead.
+    settings.MOONBORN_EMBED_AHEAD_MAX_REPLIES = ahead_max
     text = " ".join(labelled["personas"]["Captain Redbeard"]["in_character"][:5])
     words = text.split(" ")
     deltas = [words[0]] + [" " + w for w in words[1:]]
@@ -205,11 +209,13 @@ def test_chunks_are_embedded_ahead_only_when_the_queue_is_idle(labelled: dict[st
         for delta in deltas:
             embedding.feed(delta)
         ahead = [chunk for batch in queue.batches for chunk in batch]
-        # Idle: every finished chunk went ahead, the last one (still open) waits for the end. Busy: none went.
-        assert ahead == (chunks[:-1] if idle else [])
+        # Ahead: every finished chunk went ahead, the last one (still open) waits for the end. Else none went.
+        assert ahead == (chunks[:-1] if ahead else [])
+        assert queue.streaming == 1
         return await embedding.vector()
 
     vector = asyncio.run(stream())
     # At the end, whatever had not gone ahead goes in one batch.
-    assert queue.batches[-1] == (chunks[-1:] if idle else chunks)
+    assert queue.batches[-1] == (chunks[-1:] if ahead else chunks)
+    assert queue.streaming == 0
     assert np.abs(vector - embed_reply(text)).max() <= 1e-6
