@@ -32,6 +32,7 @@ DRIFT_ALPHA = 0.05
 CHUNK_MIN_WORDS = 24
 # A sentence end: terminal punctuation (and closing quotes or brackets) followed by whitespace.
 _SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]*]*(?=\s)")
+_SPACE = re.compile(r"\s")
 # How far before a delta a sentence end that the delta's whitespace completes can start (punctuation, closers).
 _END_LOOKBACK = 16
 # At most this many chunks go into one call of the embedder (which packs them into forward passes).
@@ -190,7 +191,7 @@ class StreamingEmbedding:
 
     def feed(self, delta: str) -> None:
         self._open += delta
-        if not any(c.isspace() for c in delta):
+        if not _SPACE.search(delta):
             return  # a chunk can only close once the whitespace after its sentence end has arrived
         # Only a sentence end new with this delta can close a chunk (the earlier ones were all short of
         # CHUNK_MIN_WORDS and stay so): look for one near the end before scanning the whole open text.
