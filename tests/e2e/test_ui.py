@@ -96,6 +96,9 @@ def test_browser_creates_a_persona_chats_stops_resumes_and_reloads(page):
 
     # A persona is born: six steps light up in order, each with its duration and model.
     page.get_by_role("link", name="New persona").first.click()
+    # The observer needs the new page's step list: wait until it is parsed, not just navigated to.
+    expect(page).to_have_url(re.compile(r"/personas/new"))
+    page.locator("#steps").wait_for(state="attached")
     page.evaluate(WATCH_STEPS)
     page.get_by_label("Who is this persona?").fill("A retired lighthouse keeper on a windy northern island")
     page.get_by_role("button", name="Generate").click()
