@@ -20,6 +20,7 @@ from typing import Any
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
+from django.db import close_old_connections
 
 from .middleware import API_PREFIX
 
@@ -126,4 +127,8 @@ def release_request_thread() -> None:
         return
     lease.returned = True
     SyncToAsync.context_to_thread_executor[lease.context] = _stream_ends
+    # The request may have used the database on its thread (a session lookup, say); Django would close that
+    # connection when the response ends, on the thread that runs `request_finished`, which is no longer this one.
+    # Close it now, on its own thread, before the thread serves anyone else (the executor runs one call at a time).
+    lease.executor.submit(close_old_connections)
     _threads.release(lease.executor)
