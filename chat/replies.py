@@ -15,12 +15,12 @@ from .services import ReplyJob
 
 def build_reply_messages(job: ReplyJob) -> tuple[ChatMessage, ...]:
     """System prompt, the history, the new message, then the post-history instructions."""
-    messages = [ChatMessage("system", job.system_prompt)]
+    messages = [ChatMessage("system", job.voice.system_prompt)]
     for role, content in job.history:
         messages.append(ChatMessage("assistant" if role == "assistant" else "user", content))
     messages.append(ChatMessage("user", job.user_content))
-    if job.post_history_instructions:
-        messages.append(ChatMessage("system", job.post_history_instructions))
+    if job.voice.post_history_instructions:
+        messages.append(ChatMessage("system", job.voice.post_history_instructions))
     return tuple(messages)
 
 
@@ -32,8 +32,8 @@ def reply_request(job: ReplyJob) -> CompletionRequest:
             "persona": {
                 "id": job.persona_id,
                 "name": job.persona_name,
-                "lines": job.anchor_texts,
-                "catchphrases": job.catchphrases,
+                "lines": job.voice.anchor_texts,
+                "catchphrases": job.voice.catchphrases,
             },
             "user_message": job.user_content,
             "turn": job.turn,
@@ -67,8 +67,8 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
             score_vector,
             content,
             await embedding.vector(),
-            anchor_vectors=job.anchor_vectors,
-            calibration=job.calibration,
+            anchor_vectors=job.voice.anchor_vectors,
+            calibration=job.voice.calibration,
             persona_name=job.persona_name,
             other_centroids=job.other_centroids,
         )
@@ -81,7 +81,7 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
             drift_score=score,
             drift_threshold=threshold,
             flagged=result.flagged,
-            drift_components=score_record(result, job.calibration),
+            drift_components=score_record(result, job.voice.calibration),
             usage_id=job.usage_id,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,

@@ -44,6 +44,19 @@ def chat_session_create(*, owner_id: int, persona_id: str, title: str = "") -> C
 
 
 @dataclass(frozen=True)
+class PersonaVoice:
+    """What a reply needs from its persona: one per persona version, shared (read-only) by all its replies."""
+
+    system_prompt: str
+    post_history_instructions: str
+    anchor_texts: tuple[str, ...]
+    catchphrases: tuple[str, ...]
+    anchor_vectors: bytes
+    calibration: dict[str, Any]
+    embedding_model: str
+
+
+@dataclass(frozen=True)
 class ReplyJob:
     """Everything a reply run needs, read once before it starts."""
 
@@ -54,31 +67,11 @@ class ReplyJob:
     turn: int
     persona_id: str
     persona_name: str
-    system_prompt: str
-    post_history_instructions: str
+    voice: PersonaVoice
     history: tuple[tuple[str, str], ...]
     user_content: str
-    anchor_texts: tuple[str, ...]
-    catchphrases: tuple[str, ...]
-    anchor_vectors: bytes
-    calibration: dict[str, Any]
-    drift_threshold: float | None
     # Anchor centroids of the owner's other ready personas (float32 rows), for the bleed component.
     other_centroids: bytes = b""
-
-
-@dataclass(frozen=True)
-class PersonaVoice:
-    """What a reply needs from its persona: one per persona version, shared (read-only) by all its replies."""
-
-    system_prompt: str
-    post_history_instructions: str
-    anchor_texts: tuple[str, ...]
-    catchphrases: tuple[str, ...]
-    anchor_vectors: bytes
-    calibration: dict[str, Any]
-    drift_threshold: float | None
-    embedding_model: str
 
 
 # (persona id, updated_at) → its voice, most recently used last. Every write to a persona sets updated_at, so a
@@ -103,7 +96,6 @@ def persona_voice(*, persona_id: str, updated_at: datetime) -> PersonaVoice:
         "drift_anchors",
         "anchor_vectors",
         "calibration",
-        "drift_threshold",
         "embedding_model",
     )[0]
     output = PersonaStep.objects.filter(persona_id=persona_id, name="voice_print").values_list("output", flat=True)
@@ -115,7 +107,6 @@ def persona_voice(*, persona_id: str, updated_at: datetime) -> PersonaVoice:
         catchphrases=tuple(steps.get("catchphrases") or ()),
         anchor_vectors=bytes(row["anchor_vectors"]),
         calibration=row["calibration"],
-        drift_threshold=row["drift_threshold"],
         embedding_model=row["embedding_model"],
     )
     with _voices_lock:
@@ -167,15 +158,9 @@ def message_create_turn(*, owner_id: int, session_id: str, content: str, provide
         turn=index // 2,
         persona_id=persona.id,
         persona_name=persona.name,
-        system_prompt=voice.system_prompt,
-        post_history_instructions=voice.post_history_instructions,
+        voice=voice,
         history=tuple(reversed(earlier)),
         user_content=content,
-        anchor_texts=voice.anchor_texts,
-        catchphrases=voice.catchphrases,
-        anchor_vectors=voice.anchor_vectors,
-        calibration=voice.calibration,
-        drift_threshold=voice.drift_threshold,
         other_centroids=other_persona_centroids(
             owner_id=owner_id, persona_id=persona.id, embedding_model=voice.embedding_model
         ),

@@ -22,13 +22,16 @@ def test_replies_share_their_persona_until_it_changes_and_then_read_it_again() -
     persona = session.persona
     first = turn(session, "Hello.")
     second = turn(session, "Still there?")
-    assert (first.system_prompt, first.calibration) == ("You keep the lamp.", {"version": 1})
+    assert (first.voice.system_prompt, first.voice.calibration) == ("You keep the lamp.", {"version": 1})
     # The same persona version: one shared copy, not one per reply.
-    assert second.calibration is first.calibration and second.anchor_vectors is first.anchor_vectors
+    assert second.voice is first.voice
 
     persona.system_prompt = "You keep the lamp, and the logbook."
     persona.calibration = {"version": 2}
     persona.save()
     third = turn(session, "And now?")
-    assert (third.system_prompt, third.calibration) == ("You keep the lamp, and the logbook.", {"version": 2})
+    assert (third.voice.system_prompt, third.voice.calibration) == (
+        "You keep the lamp, and the logbook.",
+        {"version": 2},
+    )
     assert [third.turn, third.history[-2:]] == [2, (("user", "Still there?"), ("assistant", "Aye."))]
