@@ -1,18 +1,39 @@
 """Chat endpoints that start, follow or stop a reply run (async)."""
 
+import asyncio
+from collections import OrderedDict
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
+from accounts.auth import user_for_key
+from accounts.keys import hash_key
+from llm.base import Provider
 from llm.providers import get_provider
-from moonborn_site.api import json_response
+from moonborn_site.api import error_response, json_response
 from moonborn_site.http import (
     ApiError,
     async_api_view,
+    disconnect_policy,
     last_event_id,
     on_disconnect,
+    parse_json_object,
     read_json_object,
+    stream_wanted,
     validate,
     wants_stream,
+)
+from runs.asgi import (
+    ASGIApp,
+    LeanRequest,
+    Receive,
+    Scope,
+    Send,
+    body_limit,
+    read_body,
+    replaying,
+    send_response,
+    stream_frames,
 )
 from runs.db import db
 from runs.hub import InProcessHub, OnDisconnect, get_hub
@@ -24,6 +45,7 @@ from . import services
 from .models import ChatSession, Message
 from .replies import generate_reply
 from .serializers import MessageCreateSerializer
+from .turns import get_turn_writer
 from .views import message_json, reply_json
 
 
@@ -73,6 +95,97 @@ async def message_create(request: HttpRequest, user: AbstractBaseUser, session_i
         hub, job.assistant_message_id, owner_id=user.pk, flow=generate_reply(job, provider), on_disconnect=policy
     )
     return await _serve(hub, session_id, job.assistant_message_id, user.pk, stream=stream, policy=policy)
+
+
+# API key hash → its owner's id, for the concurrency check that comes before the turn's transaction (which
+# authenticates the key again: a revoked key is refused there). Bounded; a hash, never the key, is kept.
+_key_owners: OrderedDict[str, int] = OrderedDict()
+KEY_OWNERS_SIZE = 1024
+_key_lookups: dict[str, "asyncio.Future[int | None]"] = {}
+
+
+async def _key_owner(key: str) -> int | None:
+    """The owner of an active API key, from the cache or (one lookup for concurrent requests) the database."""
+    digest = hash_key(key)
+    owner_id = _key_owners.get(digest)
+    if owner_id is not None:
+        return owner_id
+    lookup = _key_lookups.get(digest)
+    if lookup is None:
+        lookup = _key_lookups[digest] = asyncio.ensure_future(db(_owner_id_for_key, key))
+        lookup.add_done_callback(lambda _: _key_lookups.pop(digest, None))
+    # Shielded: one waiter that is cancelled does not cancel the others' lookup.
+    owner_id = await asyncio.shield(lookup)
+    if owner_id is not None:
+        _key_owners[digest] = owner_id
+        while len(_key_owners) > KEY_OWNERS_SIZE:
+            _key_owners.popitem(last=False)
+    return owner_id
+
+
+def _owner_id_for_key(key: str) -> int | None:
+    user = user_for_key(key)
+    return None if user is None else int(user.pk)
+
+
+async def message_create_fast(scope: Scope, receive: Receive, send: Send, *, session_id: str, django: ASGIApp) -> None:
+    """`message_create` for a streamed reply requested with an API key, on ASGI directly (see runs.asgi).
+
+    One `db()` call authenticates the key and stores the turn. Whatever is not that case, and every error that
+    changes nothing (401, 400, 404, 409, 413, 429), is left to the Django view with the body replayed.
+    """
+    request = LeanRequest(scope)
+    limit = body_limit()
+    body, more = await read_body(receive, limit)
+    hub = get_hub()
+    started = None if more or len(body) > limit else await _fast_turn(request, body, session_id, hub)
+    if started is None:
+        await django(scope, replaying(body, more, receive), send)
+        return
+    owner_id, job, provider, policy = started
+    message_id = job.assistant_message_id
+    try:
+        await start_run(hub, message_id, owner_id=owner_id, flow=generate_reply(job, provider), on_disconnect=policy)
+    except ApiError as exc:  # the hub could not take the run (its rows are failed now): answer, nothing to retry
+        error = error_response(exc.status, exc.message, code=exc.code)
+        for name, value in exc.headers.items():
+            error[name] = value
+        await send_response(request, error, send)
+        return
+    frames = sse_frames(hub, message_id, after=0, on_disconnect=policy)
+    response = sse_response(frames, location=_location(session_id, message_id))
+    await stream_frames(request, response, frames, receive, send)
+
+
+async def _fast_turn(
+    request: LeanRequest, body: bytes, session_id: str, hub: InProcessHub
+) -> tuple[int, services.ReplyJob, Provider, OnDisconnect] | None:
+    """Store the turn of a well-formed streamed request: (owner id, job, provider, policy); None for Django."""
+    headers = request.headers
+    scheme, _, key = headers.get(b"authorization", "").partition(" ")
+    key = key.strip()
+    if b"idempotency-key" in headers or scheme.lower() != "bearer" or not key:
+        return None
+    try:
+        if not stream_wanted(request.query.get("stream"), headers.get(b"accept", "")):
+            return None
+        policy = disconnect_policy(request.query.get("on_disconnect"), OnDisconnect.CANCEL)
+        content = validate(MessageCreateSerializer, parse_json_object(body))["content"]
+        owner_id = await _key_owner(key)
+        if owner_id is None:
+            return None
+        await check_capacity(hub, owner_id)
+        provider = get_provider()
+        made = await get_turn_writer().create(
+            services.TurnRequest(
+                key=key, session_id=session_id, content=content, provider=provider.name, model=provider.model
+            )
+        )
+    except ApiError:
+        return None
+    if not isinstance(made, tuple) or policy is None:
+        return None
+    return made[0], made[1], provider, policy
 
 
 async def _serve(

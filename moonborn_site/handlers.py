@@ -12,6 +12,7 @@ Two things Django's stock ASGI handler costs per request, measured in shared/spe
   session calls to the API) goes through the full `MIDDLEWARE`.
 """
 
+import re
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -97,12 +98,23 @@ class ApiHandler(PooledASGIHandler):
             settings.MIDDLEWARE = full
 
 
+# POST /v1/chat/sessions/{id}/messages: the request that opens most streams, served by its fast path first.
+_CHAT_MESSAGES = re.compile(r"/v1/chat/sessions/([^/]+)/messages")
+
+
 class ByCredentials:
-    """Send API-key requests under /v1/ to `api`, every other request to `full`."""
+    """Send API-key requests under /v1/ to `api`, every other request to `full`.
+
+    An API-key request for a chat reply goes to its ASGI fast path (`chat.streams.message_create_fast`), which
+    hands whatever it does not serve itself to `api`.
+    """
 
     def __init__(self, full: Any, api: Any) -> None:
+        from chat.streams import message_create_fast
+
         self.full = full
         self.api = api
+        self.message_create_fast = message_create_fast
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if (
@@ -110,6 +122,11 @@ class ByCredentials:
             and scope["path"].startswith(API_PREFIX)
             and any(name == b"authorization" for name, _ in scope["headers"])
         ):
+            if scope["method"] == "POST" and not scope.get("root_path"):
+                match = _CHAT_MESSAGES.fullmatch(scope["path"])
+                if match is not None:
+                    await self.message_create_fast(scope, receive, send, session_id=match[1], django=self.api)
+                    return
             await self.api(scope, receive, send)
         else:
             await self.full(scope, receive, send)

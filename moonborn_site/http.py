@@ -50,6 +50,11 @@ def read_json_object(request: HttpRequest) -> dict[str, Any]:
         raise ApiError(413, f"The request body is larger than {limit} bytes.") from None
     if limit is not None and len(body) > limit:
         raise ApiError(413, f"The request body is larger than {limit} bytes.")
+    return parse_json_object(body)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Parse a request body as a JSON object with snake_case keys; 400 otherwise."""
     if not body.strip():
         raise ApiError(400, "The request body must be a JSON object.")
     try:
@@ -76,10 +81,13 @@ def validate(serializer_class: type[serializers.Serializer], data: dict[str, Any
 
 def wants_stream(request: HttpRequest) -> bool:
     """SSE for `?stream=true` or `Accept: text/event-stream`; JSON when Accept is only JSON."""
-    stream = request.GET.get("stream")
+    return stream_wanted(request.GET.get("stream"), request.headers.get("Accept", ""))
+
+
+def stream_wanted(stream: str | None, accept: str) -> bool:
+    """`wants_stream` from the raw `stream` query parameter and `Accept` header."""
     if stream is not None and stream.lower() not in ("true", "false", "1", "0"):
         raise ApiError(400, "stream must be true or false.")
-    accept = request.headers.get("Accept", "")
     types = {part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()}
     if types == {"application/json"}:
         return False
@@ -98,7 +106,11 @@ def on_disconnect(request: HttpRequest, default: None) -> OnDisconnect | None: .
 
 def on_disconnect(request: HttpRequest, default: OnDisconnect | None) -> OnDisconnect | None:
     """The `?on_disconnect=cancel|continue` policy of this request, else `default`."""
-    value = request.GET.get("on_disconnect")
+    return disconnect_policy(request.GET.get("on_disconnect"), default)
+
+
+def disconnect_policy(value: str | None, default: OnDisconnect | None) -> OnDisconnect | None:
+    """`on_disconnect` from the raw query parameter."""
     if value is None:
         return default
     try:

@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -65,6 +65,8 @@ class _Run:
     terminal: Event | None = None
     task: "asyncio.Task[None] | None" = None
     waiters: list["asyncio.Future[None]"] = field(default_factory=list)
+    # Called once, when the terminal event is appended (the hub's count of its owner's active runs).
+    on_done: Callable[["_Run"], None] | None = None
 
     def append(self, event: Event) -> bytes:
         frame = encode_event(len(self.frames) + 1, event.type, event.data)
@@ -73,9 +75,11 @@ class _Run:
 
     def append_frame(self, frame: bytes, terminal: Event | None) -> None:
         self.frames.append(frame)
-        if terminal is not None:
+        if terminal is not None and not self.done:
             self.done = True
             self.terminal = terminal
+            if self.on_done is not None:
+                self.on_done(self)
         self.wake()
 
     def wake(self) -> None:
@@ -99,6 +103,8 @@ class InProcessHub:
         self.heartbeat_seconds = heartbeat_seconds
         self.shutting_down = False
         self._runs: dict[str, _Run] = {}
+        # owner id → how many of the runs this process produces for them have not ended
+        self._active: dict[int, int] = {}
 
     # -- producing ---------------------------------------------------------------------------------
 
@@ -113,8 +119,9 @@ class InProcessHub:
     ) -> _Run:
         if run_id in self._runs:
             raise ValueError(f"run {run_id} already exists")
-        run = _Run(id=run_id, owner_id=owner_id, on_disconnect=on_disconnect)
+        run = _Run(id=run_id, owner_id=owner_id, on_disconnect=on_disconnect, on_done=self._ended)
         self._runs[run_id] = run
+        self._active[owner_id] = self._active.get(owner_id, 0) + 1
         # A fresh context: the task must not inherit the request's (asgiref's per-request thread
         # executor among it), since it outlives the request.
         run.task = asyncio.get_running_loop().create_task(
@@ -152,6 +159,13 @@ class InProcessHub:
 
     def _publish(self, run: _Run, event: Event) -> None:
         run.append(event)
+
+    def _ended(self, run: _Run) -> None:
+        left = self._active.get(run.owner_id, 0) - 1
+        if left > 0:
+            self._active[run.owner_id] = left
+        else:
+            self._active.pop(run.owner_id, None)
 
     async def _finished(self, run: _Run) -> None:
         """Hook: the run has ended and its flow's clean-up is done."""
@@ -243,7 +257,7 @@ class InProcessHub:
             await asyncio.wait({run.task})
 
     async def active_count(self, owner_id: int) -> int:
-        return sum(1 for run in self._runs.values() if run.owner_id == owner_id and not run.done)
+        return self._active.get(owner_id, 0)
 
     def local_run_ids(self) -> set[str]:
         """Ids of the runs this process is producing and that have not ended."""
