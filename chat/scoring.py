@@ -178,8 +178,8 @@ class StreamingEmbedding:
 
     def __init__(self, queue: EmbeddingQueue = EMBEDDING_QUEUE) -> None:
         self._queue = queue
-        self._open = ""
-        self._closed: list[str] = []
+        # The deltas of the chunk still open (the reply's own strings, not a copy of its text).
+        self._open: list[str] = []
         self._futures: list[Future[Part]] = []
         self._streaming = True
         queue.streaming += 1
@@ -190,27 +190,29 @@ class StreamingEmbedding:
             self._queue.streaming -= 1
 
     def feed(self, delta: str) -> None:
-        self._open += delta
+        self._open.append(delta)
+        if not self._queue.takes_ahead():
+            return  # under load chunks are cut at the end, all at once: nothing to do per token
         if not _SPACE.search(delta):
             return  # a chunk can only close once the whitespace after its sentence end has arrived
+        text = "".join(self._open)
+        self._open = [text]
         # Only a sentence end new with this delta can close a chunk (the earlier ones were all short of
         # CHUNK_MIN_WORDS and stay so): look for one near the end before scanning the whole open text.
-        if not _SENTENCE_END.search(self._open, max(0, len(self._open) - len(delta) - _END_LOOKBACK)):
+        if not _SENTENCE_END.search(text, max(0, len(text) - len(delta) - _END_LOOKBACK)):
             return
-        chunks, self._open = take_chunks(self._open)
-        self._closed.extend(chunks)
-        if self._closed and self._queue.takes_ahead():
-            self._futures.extend(self._queue.submit(self._closed))
-            self._closed = []
+        chunks, rest = take_chunks(text)
+        if chunks:
+            self._open = [rest]
+            self._futures.extend(self._queue.submit(chunks))
 
     async def vector(self) -> Vector:
         """The vector of everything fed: ``embed_reply(<all deltas joined>)`` up to float32 rounding."""
         self._ended()
-        chunks, rest = take_chunks(self._open)
-        todo = self._closed + chunks
+        todo, rest = take_chunks("".join(self._open))
         if rest.strip() or not (self._futures or todo):
             todo.append(rest)
-        self._open, self._closed = "", []
+        self._open = []
         self._futures.extend(self._queue.submit(todo))
         parts = [await asyncio.wrap_future(f) for f in self._futures]
         self._futures = []
@@ -221,7 +223,6 @@ class StreamingEmbedding:
         for future in self._futures:
             future.cancel()
         self._futures = []
-        self._closed = []
 
 
 @cache

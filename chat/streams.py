@@ -4,6 +4,7 @@ import asyncio
 from collections import OrderedDict
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from accounts.auth import user_for_key
@@ -181,7 +182,8 @@ async def _fast_turn(
                 key=key, session_id=session_id, content=content, provider=provider.name, model=provider.model
             )
         )
-    except ApiError:
+    except (ApiError, DatabaseError):
+        # Django's view answers: the error body, or the same turn again (a transient database error).
         return None
     if not isinstance(made, tuple) or policy is None:
         return None

@@ -12,18 +12,25 @@ import logging
 
 from runs.db import db
 
+from .models import ChatSession
 from .services import (
+    ChatConflict,
     ReplyJob,
     TurnOutcome,
     TurnRequest,
-    message_create_turns_by_key,
+    message_create_turns,
     message_stop,
 )
 
 logger = logging.getLogger(__name__)
 
-# At most this many turns in one transaction, so that its lock is held for milliseconds, not seconds.
+# The outcomes that are answers (404, 409), not failures of the database.
+TurnRefusals = (ChatSession.DoesNotExist, ChatConflict)
+# At most this many turns in one transaction, so that its lock is held for milliseconds.
 BATCH_LIMIT = 256
+# The requests of a batch resume this many at a time, each group in a turn of the event loop of its own: the
+# streams already running get their tokens out in between instead of waiting for a whole batch's starts.
+RESUME_GROUP = 16
 
 
 class TurnWriter:
@@ -50,17 +57,29 @@ class TurnWriter:
         while self._waiting:
             batch = self._waiting[:BATCH_LIMIT]
             del self._waiting[:BATCH_LIMIT]
+            requests = [request for request, _ in batch]
             try:
-                outcomes = await db(message_create_turns_by_key, requests=[request for request, _ in batch])
+                outcomes: list[TurnOutcome | BaseException] = list(await db(message_create_turns, requests=requests))
             except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
+                if len(batch) == 1:
+                    outcomes = [exc]
+                else:
+                    # One request must not fail the others: each on its own, then.
+                    outcomes = []
+                    for request in requests:
+                        try:
+                            outcomes += await db(message_create_turns, requests=[request])
+                        except Exception as alone:
+                            outcomes.append(alone)
             self.batches += 1
             self.turns += len(batch)
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                if not future.done():
+            for number, ((_, future), outcome) in enumerate(zip(batch, outcomes, strict=True)):
+                if number and not number % RESUME_GROUP:
+                    await asyncio.sleep(0)
+                if isinstance(outcome, BaseException) and not isinstance(outcome, TurnRefusals):
+                    if not future.done():
+                        future.set_exception(outcome)
+                elif not future.done():
                     future.set_result(outcome)
                 elif isinstance(outcome, tuple):
                     # Its request was cancelled while waiting (the server is stopping): no run will produce this

@@ -64,7 +64,8 @@ class _Run:
     followers: int = 0
     terminal: Event | None = None
     task: "asyncio.Task[None] | None" = None
-    waiters: list["asyncio.Future[None]"] = field(default_factory=list)
+    # Followers waiting for the next event; each gets False when one comes (True: time for a heartbeat).
+    waiters: list["asyncio.Future[bool]"] = field(default_factory=list)
     # Called once, when the terminal event is appended (the hub's count of its owner's active runs).
     on_done: Callable[["_Run"], None] | None = None
 
@@ -86,7 +87,7 @@ class _Run:
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(False)
 
     def info(self) -> RunInfo:
         return RunInfo(self.owner_id, self.done, len(self.frames), self.terminal)
@@ -105,6 +106,10 @@ class InProcessHub:
         self._runs: dict[str, _Run] = {}
         # owner id → how many of the runs this process produces for them have not ended
         self._active: dict[int, int] = {}
+        # A waiting follower's future → when it is owed a heartbeat. One task wakes the overdue ones, instead of a
+        # timer armed and disarmed for every event of every stream.
+        self._sleeping: dict[asyncio.Future[bool], float] = {}
+        self._ticker: asyncio.Task[None] | None = None
 
     # -- producing ---------------------------------------------------------------------------------
 
@@ -202,6 +207,7 @@ class InProcessHub:
         leaving_for_shutdown = False
         await self._joined(run)
         loop = asyncio.get_running_loop()
+        heartbeat_at = loop.time() + self.heartbeat_seconds
         try:
             while True:
                 frames = run.frames
@@ -211,6 +217,7 @@ class InProcessHub:
                     chunk = frames[position] if end - position == 1 else b"".join(frames[position:end])
                     position = end
                     yield chunk
+                    heartbeat_at = loop.time() + self.heartbeat_seconds
                     continue
                 if run.done:
                     return
@@ -218,15 +225,33 @@ class InProcessHub:
                     leaving_for_shutdown = True
                     yield shutdown_frame(position)
                     return
-                waiter: asyncio.Future[None] = loop.create_future()
+                waiter: asyncio.Future[bool] = loop.create_future()
                 run.waiters.append(waiter)
+                self._sleeping[waiter] = heartbeat_at
+                if self._ticker is None or self._ticker.done():
+                    self._ticker = loop.create_task(
+                        self._tick(), name="moonborn-heartbeats", context=contextvars.Context()
+                    )
                 try:
-                    async with asyncio.timeout(self.heartbeat_seconds):
-                        await waiter
-                except TimeoutError:
+                    heartbeat = await waiter
+                finally:
+                    self._sleeping.pop(waiter, None)
+                if heartbeat:
                     yield HEARTBEAT
+                    heartbeat_at = loop.time() + self.heartbeat_seconds
         finally:
             self._left(run, policy, cancel_if_last=not run.done and not leaving_for_shutdown)
+
+    async def _tick(self) -> None:
+        """Wake the followers that are owed a heartbeat, until none is waiting."""
+        loop = asyncio.get_running_loop()
+        every = min(1.0, self.heartbeat_seconds / 4)
+        while self._sleeping:
+            await asyncio.sleep(every)
+            now = loop.time()
+            for waiter, due in list(self._sleeping.items()):
+                if due <= now and not waiter.done():
+                    waiter.set_result(True)
 
     async def _joined(self, run: _Run) -> None:
         run.followers += 1

@@ -291,7 +291,7 @@ class RedisHub(InProcessHub):
             run = await self._lookup(run_id)
             deadline = asyncio.get_running_loop().time() + wait
             while run is not None and not run.done and asyncio.get_running_loop().time() < deadline:
-                waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
                 run.waiters.append(waiter)
                 try:
                     async with asyncio.timeout(max(0.0, deadline - asyncio.get_running_loop().time())):

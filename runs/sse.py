@@ -4,6 +4,7 @@ import json
 import re
 from collections.abc import AsyncGenerator
 from contextvars import ContextVar
+from json.encoder import encode_basestring
 from typing import Any
 
 from django.http import StreamingHttpResponse
@@ -13,15 +14,25 @@ RETRY = b"retry: 3000\n"
 # A comment and a single newline: a blank line after it would make clients dispatch an empty event.
 HEARTBEAT = b": heartbeat\n"
 
+# One encoder for every frame: json.dumps with options builds a new one per call.
+_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _SAFE_EVENT = re.compile(r"^[a-z][a-z0-9_.]*$")
+_checked_types: set[str] = set()
+# JSON for one string, as `_json` writes it (ensure_ascii=False).
+_string = encode_basestring
 
 
 def encode_event(event_id: int, event_type: str, data: dict[str, Any]) -> bytes:
     """Encode one frame: `id`, `event`, one line of compact JSON, blank line."""
-    if not _SAFE_EVENT.match(event_type):
-        raise ValueError(f"unsafe SSE event type: {event_type!r}")
-    # json.dumps escapes control characters, so the payload can never contain a raw newline.
-    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    if event_type not in _checked_types:
+        if not _SAFE_EVENT.match(event_type):
+            raise ValueError(f"unsafe SSE event type: {event_type!r}")
+        _checked_types.add(event_type)
+    if event_type == "token" and len(data) == 1 and type(data.get("delta")) is str:
+        # The frame of nearly every event, written without the general encoder: same bytes, a third of the time.
+        return f'id: {int(event_id)}\nevent: token\ndata: {{"delta":{_string(data["delta"])}}}\n\n'.encode()
+    # JSON escapes control characters, so the payload can never contain a raw newline.
+    payload = _json.encode(data)
     return f"id: {int(event_id)}\nevent: {event_type}\ndata: {payload}\n\n".encode()
 
 

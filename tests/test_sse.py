@@ -31,3 +31,13 @@ def test_encode_event_refuses_unsafe_event_types(event_type):
 def test_retry_and_heartbeat_lines():
     assert RETRY == b"retry: 3000\n"
     assert HEARTBEAT == b": heartbeat\n"
+
+
+@pytest.mark.parametrize("delta", ["", " plain", 'q"uote\\back', "tab\tnul\x00", "\u2028\u2029", "é☾😀", "\x7f\x1f"])
+def test_token_frames_are_the_general_encoders_bytes(delta):
+    # Token frames take a shorter path; a delta of any kind must come out exactly as any other event's data does.
+    expected = (
+        f"id: 3\nevent: token\ndata: {json.dumps({'delta': delta}, separators=(',', ':'), ensure_ascii=False)}\n\n"
+    )
+    assert encode_event(3, "token", {"delta": delta}) == expected.encode()
+    assert encode_event(3, "token", {"delta": delta, "extra": 1}).startswith(b'id: 3\nevent: token\ndata: {"delta":')
