@@ -15,6 +15,7 @@ from django.conf import settings
 from runs.db import db
 
 from .services import messages_progress
+from .text import ReplyText
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +25,15 @@ class ProgressWriter:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        # message id → (its deltas so far, how many of them were saved)
-        self._replies: dict[str, tuple[list[str], int]] = {}
+        # message id → (its text so far, how many of its deltas were saved)
+        self._replies: dict[str, tuple[ReplyText, int]] = {}
         self._task: asyncio.Task[None] | None = None
         # How many reply contents were saved so far (for tests and diagnostics).
         self.saved = 0
 
-    def track(self, message_id: str, parts: list[str]) -> None:
-        """Save `parts` (joined) from time to time until `untrack`; the list is read, never changed."""
-        self._replies[message_id] = (parts, len(parts))
+    def track(self, message_id: str, text: ReplyText) -> None:
+        """Save `text` from time to time until `untrack`."""
+        self._replies[message_id] = (text, text.deltas)
         if self._task is None or self._task.done():
             # Detached from the request that started the first reply (like the runs themselves).
             self._task = asyncio.get_running_loop().create_task(self._run(), name="moonborn-progress")
@@ -43,10 +44,10 @@ class ProgressWriter:
     async def flush(self) -> int:
         """Save what grew since the last save; return how many replies were written."""
         updates = []
-        for message_id, (parts, saved) in list(self._replies.items()):
-            if len(parts) != saved:
-                updates.append((message_id, "".join(parts)))
-                self._replies[message_id] = (parts, len(parts))
+        for message_id, (text, saved) in list(self._replies.items()):
+            if text.deltas != saved:
+                updates.append((message_id, text.text()))
+                self._replies[message_id] = (text, text.deltas)
         if updates:
             await db(messages_progress, updates=updates)
             self.saved += len(updates)

@@ -11,6 +11,7 @@ from . import services
 from .progress import get_progress_writer
 from .scoring import StreamingEmbedding, score_record, score_vector
 from .services import ReplyJob
+from .text import ReplyText
 
 
 def build_reply_messages(job: ReplyJob) -> tuple[ChatMessage, ...]:
@@ -46,23 +47,23 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
     """Stream one assistant reply; keep what was produced whatever ends it."""
     yield Event("message.started", {"messageId": job.assistant_message_id, "userMessageId": job.user_message_id})
     usage = Usage()
-    parts: list[str] = []
+    text = ReplyText()
     finished = False
     stop_status, error = "failed", ""
     stream = provider.stream(reply_request(job), usage)
     # Partial content reaches the database on the progress writer's timer, never once per token.
     progress = get_progress_writer()
-    progress.track(job.assistant_message_id, parts)
+    progress.track(job.assistant_message_id, text)
     # Finished sentences are embedded while the rest streams, so `completed` waits for the last chunk only.
-    embedding = StreamingEmbedding()
+    embedding = StreamingEmbedding(text)
     try:
         async for delta in stream:
             if not delta:
                 continue
-            parts.append(delta)
+            text.append(delta)
             embedding.feed(delta)
             yield Event("token", {"delta": delta})
-        content = "".join(parts)
+        content = text.text()
         result = await asyncio.to_thread(
             score_vector,
             content,
@@ -114,7 +115,7 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
             await db(
                 services.message_stop,
                 message_id=job.assistant_message_id,
-                content="".join(parts),
+                content=text.text(),
                 status=stop_status,
                 error=error,
                 usage_id=job.usage_id,

@@ -26,6 +26,7 @@ from django.conf import settings
 from llm.embeddings import get_embedder
 
 from .drift import Calibration, DriftResult, calibrate, generic_assistant_texts, null_scores, score_reply
+from .text import ReplyText
 
 DRIFT_ALPHA = 0.05
 # A chunk ends at the first sentence end after this many words.
@@ -176,10 +177,12 @@ class StreamingEmbedding:
     ``vector()`` embeds what is left and combines; ``cancel()`` drops what has not started.
     """
 
-    def __init__(self, queue: EmbeddingQueue = EMBEDDING_QUEUE) -> None:
+    def __init__(self, text: ReplyText, queue: EmbeddingQueue = EMBEDDING_QUEUE) -> None:
         self._queue = queue
-        # The deltas of the chunk still open (the reply's own strings, not a copy of its text).
-        self._open: list[str] = []
+        # The reply's text, appended by the caller (read here, never copied: an open stream holds it once).
+        self._text = text
+        # Where the chunk still open starts in it.
+        self._cut = 0
         self._futures: list[Future[Part]] = []
         self._streaming = True
         queue.streaming += 1
@@ -190,29 +193,27 @@ class StreamingEmbedding:
             self._queue.streaming -= 1
 
     def feed(self, delta: str) -> None:
-        self._open.append(delta)
+        """Note that `delta` was appended to the text."""
         if not self._queue.takes_ahead():
             return  # under load chunks are cut at the end, all at once: nothing to do per token
         if not _SPACE.search(delta):
             return  # a chunk can only close once the whitespace after its sentence end has arrived
-        text = "".join(self._open)
-        self._open = [text]
+        text = self._text.text()
         # Only a sentence end new with this delta can close a chunk (the earlier ones were all short of
         # CHUNK_MIN_WORDS and stay so): look for one near the end before scanning the whole open text.
-        if not _SENTENCE_END.search(text, max(0, len(text) - len(delta) - _END_LOOKBACK)):
+        if not _SENTENCE_END.search(text, max(self._cut, len(text) - len(delta) - _END_LOOKBACK)):
             return
-        chunks, rest = take_chunks(text)
+        chunks, rest = take_chunks(text[self._cut :])
         if chunks:
-            self._open = [rest]
+            self._cut = len(text) - len(rest)
             self._futures.extend(self._queue.submit(chunks))
 
     async def vector(self) -> Vector:
-        """The vector of everything fed: ``embed_reply(<all deltas joined>)`` up to float32 rounding."""
+        """The vector of everything fed: ``embed_reply(<the text>)`` up to float32 rounding."""
         self._ended()
-        todo, rest = take_chunks("".join(self._open))
+        todo, rest = take_chunks(self._text.text()[self._cut :])
         if rest.strip() or not (self._futures or todo):
             todo.append(rest)
-        self._open = []
         self._futures.extend(self._queue.submit(todo))
         parts = [await asyncio.wrap_future(f) for f in self._futures]
         self._futures = []

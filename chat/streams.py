@@ -2,6 +2,7 @@
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import AsyncGenerator
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError
@@ -30,6 +31,7 @@ from runs.asgi import (
     Receive,
     Scope,
     Send,
+    asgi_headers,
     body_limit,
     read_body,
     replaying,
@@ -37,7 +39,7 @@ from runs.asgi import (
     stream_frames,
 )
 from runs.db import db
-from runs.hub import InProcessHub, OnDisconnect, get_hub
+from runs.hub import Departure, InProcessHub, OnDisconnect, get_hub
 from runs.idempotency import claim_or_replay
 from runs.sse import sse_response
 from runs.streaming import cancel_owned, check_capacity, resumable, serve_run, sse_frames, start_run
@@ -135,6 +137,17 @@ async def message_create_fast(scope: Scope, receive: Receive, send: Send, *, ses
     One `db()` call authenticates the key and stores the turn. Whatever is not that case, and every error that
     changes nothing (401, 400, 404, 409, 413, 429), is left to the Django view with the body replayed.
     """
+    stream = await _start_fast(scope, receive, send, session_id, django)
+    if stream is not None:
+        # Only the frames and the headers live as long as the stream: the request's pieces were left in
+        # _start_fast (an open stream's memory counts by the thousand).
+        await stream_frames(*stream, receive, send)
+
+
+async def _start_fast(
+    scope: Scope, receive: Receive, send: Send, session_id: str, django: ASGIApp
+) -> tuple[AsyncGenerator[bytes, None], Departure, list[tuple[bytes, bytes]]] | None:
+    """Start the reply: its frames, their departure and the response headers; None once answered otherwise."""
     request = LeanRequest(scope)
     limit = body_limit()
     body, more = await read_body(receive, limit)
@@ -142,7 +155,7 @@ async def message_create_fast(scope: Scope, receive: Receive, send: Send, *, ses
     started = None if more or len(body) > limit else await _fast_turn(request, body, session_id, hub)
     if started is None:
         await django(scope, replaying(body, more, receive), send)
-        return
+        return None
     owner_id, job, provider, policy = started
     message_id = job.assistant_message_id
     try:
@@ -152,10 +165,10 @@ async def message_create_fast(scope: Scope, receive: Receive, send: Send, *, ses
         for name, value in exc.headers.items():
             error[name] = value
         await send_response(request, error, send)
-        return
-    frames = sse_frames(hub, message_id, after=0, on_disconnect=policy)
-    response = sse_response(frames, location=_location(session_id, message_id))
-    await stream_frames(request, response, frames, receive, send)
+        return None
+    departure = Departure()
+    frames = sse_frames(hub, message_id, after=0, on_disconnect=policy, departure=departure)
+    return frames, departure, asgi_headers(request, sse_response(frames, location=_location(session_id, message_id)))
 
 
 async def _fast_turn(

@@ -160,15 +160,21 @@ def iter_chat_reply(context: Mapping[str, Any], n_tokens: int) -> Iterator[str]:
     seed = _seed(str(persona.get("id", "")), user_message, str(context.get("turn", 0)))
     words = re.findall(r"[A-Za-z']{4,}", user_message)
     echo = words[seed % len(words)].lower() if words else "that"
-    sentences = [f"*tilts head* {echo.capitalize()}, you say?"]
     order = sorted(range(len(lines)), key=lambda i: _seed(str(seed), str(i)))
-    sentences += [re.sub(r"^\*[^*]+\*\s*", "", lines[i]) for i in order]
-    if catchphrases:
-        sentences.append(catchphrases[seed % len(catchphrases)])
+    count = len(lines) + 2 if catchphrases else len(lines) + 1
+
+    def sentence(i: int) -> str:
+        # Made when reached, not all up front: a reply streaming for minutes holds only the one it is in.
+        if i == 0:
+            return f"*tilts head* {echo.capitalize()}, you say?"
+        if i <= len(lines):
+            return re.sub(r"^\*[^*]+\*\s*", "", lines[order[i - 1]])
+        return catchphrases[seed % len(catchphrases)]
+
     made = 0
     i = 0
     while made < n_tokens:
-        for word in sentences[i % len(sentences)].split():
+        for word in sentence(i % count).split():
             yield word if not made else " " + word
             made += 1
             if made == n_tokens:

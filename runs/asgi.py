@@ -18,6 +18,8 @@ from django.http import HttpResponseBase
 
 from moonborn_site.middleware import InlineSecurityMiddleware
 
+from .hub import Departure
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -104,40 +106,33 @@ async def send_response(request: LeanRequest, response: HttpResponseBase, send: 
 
 
 async def stream_frames(
-    request: LeanRequest, response: HttpResponseBase, frames: AsyncGenerator[bytes, None], receive: Receive, send: Send
+    frames: AsyncGenerator[bytes, None],
+    departure: Departure,
+    headers: list[tuple[bytes, bytes]],
+    receive: Receive,
+    send: Send,
 ) -> None:
-    """Send `response`'s headers, then each chunk of `frames` until it ends or the client leaves.
+    """Send a 200 with `headers`, then each chunk of `frames` (which follow a run with `departure`) until they end.
 
-    When the client disconnects (or the write watchdog cancels a blocked write) the frames are closed, which is
-    the follower leaving its run: the run then follows its `on_disconnect` policy.
+    A small task listens for the client's disconnect and sets `departure`: the follower then leaves its run at
+    once, and the run follows its `on_disconnect` policy. A write that stays blocked is the watchdog's
+    (`runs.lifecycle.StreamGuard`): it cancels this task.
     """
-    loop = asyncio.get_running_loop()
-
-    async def write() -> None:
-        await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": asgi_headers(request, response)}
-        )
-        async for chunk in frames:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def until_disconnect() -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
+        departure.set()
 
-    writer = loop.create_task(write())
-    watcher = loop.create_task(until_disconnect())
+    watcher = asyncio.get_running_loop().create_task(until_disconnect())
     try:
-        await asyncio.wait((writer, watcher), return_when=asyncio.FIRST_COMPLETED)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        async for chunk in frames:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         watcher.cancel()
-        if not writer.done():
-            writer.cancel()
-        # Let both finish their clean-up (a cancelled writer closes nothing itself: the frames are closed below).
-        await asyncio.wait((writer, watcher))
         await frames.aclose()
-    if not writer.cancelled() and writer.exception() is not None:
-        raise writer.exception()  # type: ignore[misc]
 
 
 def body_limit() -> int:

@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import json
 import logging
+from array import array
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -54,12 +55,33 @@ def shutdown_frame(last_event_id: int) -> bytes:
     return f"id: {last_event_id}\nevent: error\ndata: {payload}\n\n".encode()
 
 
-@dataclass(eq=False)
+class Departure:
+    """Tells a follower that its client has left: it stops at once, even while waiting for the next event.
+
+    Set by whoever watches the connection (`runs.asgi.stream_frames`), from another task than the follower's.
+    """
+
+    __slots__ = ("left", "_wake")
+
+    def __init__(self) -> None:
+        self.left = False
+        self._wake: Callable[[], None] | None = None
+
+    def set(self) -> None:
+        self.left = True
+        if self._wake is not None:
+            self._wake()
+
+
+@dataclass(eq=False, slots=True)
 class _Run:
     id: str
     owner_id: int
     on_disconnect: OnDisconnect
-    frames: list[bytes] = field(default_factory=list)
+    # The frames, back to back, and where each one ends: a long or idle stream's log costs its bytes and 4 more
+    # per event, not a bytes object and a list slot each (~60 bytes) for every token.
+    log: bytearray = field(default_factory=bytearray)
+    ends: array = field(default_factory=lambda: array("I"))
     done: bool = False
     followers: int = 0
     terminal: Event | None = None
@@ -69,13 +91,24 @@ class _Run:
     # Called once, when the terminal event is appended (the hub's count of its owner's active runs).
     on_done: Callable[["_Run"], None] | None = None
 
+    @property
+    def count(self) -> int:
+        """How many events the run has (the id of its last one)."""
+        return len(self.ends)
+
+    def frames_after(self, position: int) -> bytes:
+        """The frames of the events after id `position`, joined."""
+        with memoryview(self.log) as view:
+            return bytes(view[self.ends[position - 1] if position else 0 :])
+
     def append(self, event: Event) -> bytes:
-        frame = encode_event(len(self.frames) + 1, event.type, event.data)
+        frame = encode_event(len(self.ends) + 1, event.type, event.data)
         self.append_frame(frame, event if event.is_terminal else None)
         return frame
 
     def append_frame(self, frame: bytes, terminal: Event | None) -> None:
-        self.frames.append(frame)
+        self.log += frame
+        self.ends.append(len(self.log))
         if terminal is not None and not self.done:
             self.done = True
             self.terminal = terminal
@@ -90,7 +123,7 @@ class _Run:
                 waiter.set_result(False)
 
     def info(self) -> RunInfo:
-        return RunInfo(self.owner_id, self.done, len(self.frames), self.terminal)
+        return RunInfo(self.owner_id, self.done, len(self.ends), self.terminal)
 
 
 class InProcessHub:
@@ -190,13 +223,18 @@ class InProcessHub:
         return self._runs.get(run_id)
 
     async def follow(
-        self, run_id: str, *, after: int = 0, on_disconnect: OnDisconnect | None = None
+        self,
+        run_id: str,
+        *,
+        after: int = 0,
+        on_disconnect: OnDisconnect | None = None,
+        departure: Departure | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """Yield the run's frames after id `after`, then live ones, joined when several are ready.
 
         Yields `HEARTBEAT` after `heartbeat_seconds` without an event. A follower that leaves before
-        the terminal event (its response was cancelled or closed) cancels the run when its policy
-        is `cancel` and no other follower is left. When the server shuts down, the follower gets a
+        the terminal event (its response was cancelled or closed, or `departure` was set) cancels the run
+        when its policy is `cancel` and no other follower is left. When the server shuts down, the follower gets a
         `server_shutdown` error (the run goes on) and ends.
         """
         run = await self._lookup(run_id)
@@ -208,14 +246,16 @@ class InProcessHub:
         await self._joined(run)
         loop = asyncio.get_running_loop()
         heartbeat_at = loop.time() + self.heartbeat_seconds
+        if departure is not None:
+            departure._wake = run.wake
         try:
             while True:
-                frames = run.frames
-                if position < len(frames):
-                    end = len(frames)
-                    # Coalesce every frame that is already waiting into one write.
-                    chunk = frames[position] if end - position == 1 else b"".join(frames[position:end])
-                    position = end
+                if departure is not None and departure.left:
+                    return
+                if position < run.count:
+                    # Every frame that is already waiting goes out in one write.
+                    chunk = run.frames_after(position)
+                    position = run.count
                     yield chunk
                     heartbeat_at = loop.time() + self.heartbeat_seconds
                     continue

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from types import FrameType
 from typing import Any
@@ -90,6 +91,8 @@ class StreamGuard:
         self.write_timeout = settings.MOONBORN_SSE_WRITE_TIMEOUT_SECONDS
         # The task blocked in a stream write → when the write began.
         self._blocked: dict[asyncio.Task[Any], float] = {}
+        # The tasks the watchdog cancelled (weakly: a task of Django's own ends inside Django).
+        self._dropped: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._draining = False
@@ -130,6 +133,12 @@ class StreamGuard:
         token = open_streams.set(streams)
         try:
             await self.app(scope, receive, guarded_send)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task not in self._dropped:
+                raise
+            # The watchdog dropped this stream (its client stopped reading): an ending, not a failure.
+            task.uncancel()
         finally:
             open_streams.reset(token)
             for frames in streams:
@@ -158,6 +167,7 @@ class StreamGuard:
             for task, since in list(self._blocked.items()):
                 if now - since > self.write_timeout:
                     self._blocked.pop(task, None)
+                    self._dropped.add(task)
                     logger.warning("dropping a stream whose client stopped reading for %.0f s", now - since)
                     # As if the client had disconnected: Django closes the response's iterator and
                     # the run follows its on_disconnect policy.

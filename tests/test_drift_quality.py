@@ -27,6 +27,7 @@ from chat.scoring import (
     embed_reply,
     split_chunks,
 )
+from chat.text import ReplyText
 from llm.embeddings import get_embedder
 
 FIXTURE = Path(__file__).parent / "fixtures" / "drift_labelled.json"
@@ -161,8 +162,10 @@ def test_streaming_embedding_equals_the_offline_embedding(labelled: dict[str, An
     assert "".join(deltas) == text
 
     async def stream() -> np.ndarray:
-        embedding = StreamingEmbedding()
+        reply = ReplyText()
+        embedding = StreamingEmbedding(reply)
         for delta in deltas:
+            reply.append(delta)
             embedding.feed(delta)
         return await embedding.vector()
 
@@ -205,8 +208,10 @@ def test_chunks_are_embedded_ahead_only_when_the_queue_is_idle_and_few_replies_s
     queue = _Queue(idle=idle)
 
     async def stream() -> np.ndarray:
-        embedding = StreamingEmbedding(queue)
+        reply = ReplyText()
+        embedding = StreamingEmbedding(reply, queue)
         for delta in deltas:
+            reply.append(delta)
             embedding.feed(delta)
         ahead = [chunk for batch in queue.batches for chunk in batch]
         # Ahead: every finished chunk went ahead, the last one (still open) waits for the end. Else none went.

@@ -7,6 +7,7 @@ from asgiref.sync import sync_to_async
 
 from chat.models import Message
 from chat.progress import ProgressWriter
+from chat.text import ReplyText
 from tests.factories import MessageFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,19 +23,20 @@ async def test_a_flush_saves_the_replies_that_grew_and_never_touches_a_finished_
     quiet = await make(status=Message.Status.STREAMING, content="")
     finished = await make(status=Message.Status.COMPLETED, content="The final text.")
     writer = ProgressWriter(interval=3600)
-    parts: dict[str, list[str]] = {m.pk: [] for m in (growing, quiet, finished)}
-    for message_id, deltas in parts.items():
-        writer.track(message_id, deltas)
+    texts = {m.pk: ReplyText() for m in (growing, quiet, finished)}
+    for message_id, text in texts.items():
+        writer.track(message_id, text)
 
     assert await writer.flush() == 0
-    parts[growing.pk] += ["Aye", ", the"]
-    parts[finished.pk] += ["late"]
+    texts[growing.pk].append("Aye")
+    texts[growing.pk].append(", the")
+    texts[finished.pk].append("late")
     assert await writer.flush() == 2
     assert await contents(growing, quiet, finished) == ["Aye, the", "", "The final text."]
 
     assert await writer.flush() == 0  # nothing grew since
     writer.untrack(growing.pk)
-    parts[growing.pk] += [" lamp"]
+    texts[growing.pk].append(" lamp")
     assert await writer.flush() == 0
     assert await contents(growing) == ["Aye, the"]
 
@@ -42,9 +44,9 @@ async def test_a_flush_saves_the_replies_that_grew_and_never_touches_a_finished_
 async def test_the_timer_saves_without_being_asked_and_stops_when_no_reply_streams() -> None:
     message = await sync_to_async(MessageFactory)(status=Message.Status.STREAMING, content="")
     writer = ProgressWriter(interval=0.05)
-    deltas: list[str] = []
-    writer.track(message.pk, deltas)
-    deltas.append("Storm's coming.")
+    text = ReplyText()
+    writer.track(message.pk, text)
+    text.append("Storm's coming.")
     # Wait for the timer's write (reading the table meanwhile would race it on the shared in-memory test database).
     for _ in range(100):
         await asyncio.sleep(0.05)
@@ -57,3 +59,15 @@ async def test_the_timer_saves_without_being_asked_and_stops_when_no_reply_strea
     assert task is not None
     await asyncio.wait_for(task, timeout=2)
     assert task.done() and task.exception() is None
+
+
+def test_reply_text_is_every_delta_in_order_however_often_it_is_joined() -> None:
+    text = ReplyText()
+    deltas = [f" w{i}" for i in range(3 * ReplyText.JOIN_EVERY + 5)]
+    for number, delta in enumerate(deltas, start=1):
+        text.append(delta)
+        assert text.deltas == number
+        if number % 7 == 0:  # read now and then, as the progress writer does
+            assert text.text() == "".join(deltas[:number])
+    assert text.text() == "".join(deltas)
+    assert ReplyText().text() == ""
