@@ -181,7 +181,7 @@ class StreamingEmbedding:
         self._queue = queue
         # The reply's text, appended by the caller (read here, never copied: an open stream holds it once).
         self._text = text
-        # Where the chunk still open starts in it.
+        # Where the chunk still open starts in it (a byte offset).
         self._cut = 0
         self._futures: list[Future[Part]] = []
         self._streaming = True
@@ -198,20 +198,20 @@ class StreamingEmbedding:
             return  # under load chunks are cut at the end, all at once: nothing to do per token
         if not _SPACE.search(delta):
             return  # a chunk can only close once the whitespace after its sentence end has arrived
-        text = self._text.text()
+        text = self._text.text(self._cut)
         # Only a sentence end new with this delta can close a chunk (the earlier ones were all short of
         # CHUNK_MIN_WORDS and stay so): look for one near the end before scanning the whole open text.
-        if not _SENTENCE_END.search(text, max(self._cut, len(text) - len(delta) - _END_LOOKBACK)):
+        if not _SENTENCE_END.search(text, max(0, len(text) - len(delta) - _END_LOOKBACK)):
             return
-        chunks, rest = take_chunks(text[self._cut :])
+        chunks, rest = take_chunks(text)
         if chunks:
-            self._cut = len(text) - len(rest)
+            self._cut = self._text.size() - ReplyText.measure(rest)
             self._futures.extend(self._queue.submit(chunks))
 
     async def vector(self) -> Vector:
         """The vector of everything fed: ``embed_reply(<the text>)`` up to float32 rounding."""
         self._ended()
-        todo, rest = take_chunks(self._text.text()[self._cut :])
+        todo, rest = take_chunks(self._text.text(self._cut))
         if rest.strip() or not (self._futures or todo):
             todo.append(rest)
         self._futures.extend(self._queue.submit(todo))

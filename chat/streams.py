@@ -2,7 +2,6 @@
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError
@@ -31,12 +30,12 @@ from runs.asgi import (
     Receive,
     Scope,
     Send,
+    SseStream,
     asgi_headers,
     body_limit,
     read_body,
     replaying,
     send_response,
-    stream_frames,
 )
 from runs.db import db
 from runs.hub import Departure, InProcessHub, OnDisconnect, get_hub
@@ -139,14 +138,12 @@ async def message_create_fast(scope: Scope, receive: Receive, send: Send, *, ses
     """
     stream = await _start_fast(scope, receive, send, session_id, django)
     if stream is not None:
-        # Only the frames and the headers live as long as the stream: the request's pieces were left in
-        # _start_fast (an open stream's memory counts by the thousand).
-        await stream_frames(*stream, receive, send)
+        # Only the stream lives as long as the stream: the request's pieces were left in _start_fast (an open
+        # stream's memory counts by the thousand).
+        await stream.serve(receive, send)
 
 
-async def _start_fast(
-    scope: Scope, receive: Receive, send: Send, session_id: str, django: ASGIApp
-) -> tuple[AsyncGenerator[bytes, None], Departure, list[tuple[bytes, bytes]]] | None:
+async def _start_fast(scope: Scope, receive: Receive, send: Send, session_id: str, django: ASGIApp) -> SseStream | None:
     """Start the reply: its frames, their departure and the response headers; None once answered otherwise."""
     request = LeanRequest(scope)
     limit = body_limit()
@@ -168,7 +165,8 @@ async def _start_fast(
         return None
     departure = Departure()
     frames = sse_frames(hub, message_id, after=0, on_disconnect=policy, departure=departure)
-    return frames, departure, asgi_headers(request, sse_response(frames, location=_location(session_id, message_id)))
+    headers = asgi_headers(request, sse_response(frames, location=_location(session_id, message_id)))
+    return SseStream(frames, departure, headers)
 
 
 async def _fast_turn(

@@ -2,28 +2,34 @@
 
 
 class ReplyText:
-    """A reply's text as it streams: deltas are appended and joined every so often, so it is held once, compactly.
+    """A reply's text as it streams, held once and compactly: its UTF-8 bytes in one growing buffer.
 
-    A streamed token is a few characters; as a string object of its own in a list it costs ~60 bytes. Open
-    streams hold their replies for minutes.
+    A streamed token is a few characters; as a string object of its own in a list it would cost ~60 bytes, and
+    open streams hold their replies for minutes. Offsets into it are byte offsets.
     """
 
-    __slots__ = ("_parts", "deltas")
-    JOIN_EVERY = 32
+    __slots__ = ("_utf8", "deltas")
 
     def __init__(self) -> None:
-        self._parts: list[str] = []
+        self._utf8 = bytearray()
         # How many deltas were appended (what the progress writer compares with what it saved).
         self.deltas = 0
 
     def append(self, delta: str) -> None:
-        self._parts.append(delta)
+        # surrogatepass: a model's lone surrogate (valid in a JSON string) comes back out as it went in.
+        self._utf8 += delta.encode("utf-8", "surrogatepass")
         self.deltas += 1
-        if len(self._parts) >= self.JOIN_EVERY:
-            self._parts = ["".join(self._parts)]
 
-    def text(self) -> str:
-        """Everything appended so far."""
-        if len(self._parts) != 1:
-            self._parts = ["".join(self._parts)]
-        return self._parts[0]
+    def size(self) -> int:
+        """The text's length in bytes."""
+        return len(self._utf8)
+
+    def text(self, start: int = 0) -> str:
+        """Everything appended so far, from byte offset `start` (the end of an earlier `text()`, or 0)."""
+        with memoryview(self._utf8) as view:
+            return str(view[start:], "utf-8", "surrogatepass")
+
+    @staticmethod
+    def measure(text: str) -> int:
+        """How many bytes `text` takes here."""
+        return len(text.encode("utf-8", "surrogatepass"))

@@ -158,8 +158,7 @@ def iter_chat_reply(context: Mapping[str, Any], n_tokens: int) -> Iterator[str]:
     lines = [str(x) for x in persona.get("lines", []) if str(x).strip()] or [f"I'm {name}."]
     catchphrases = [str(x) for x in persona.get("catchphrases", []) if str(x).strip()]
     seed = _seed(str(persona.get("id", "")), user_message, str(context.get("turn", 0)))
-    words = re.findall(r"[A-Za-z']{4,}", user_message)
-    echo = words[seed % len(words)].lower() if words else "that"
+    echo = _echo(user_message, seed)
     order = sorted(range(len(lines)), key=lambda i: _seed(str(seed), str(i)))
     count = len(lines) + 2 if catchphrases else len(lines) + 1
 
@@ -174,12 +173,24 @@ def iter_chat_reply(context: Mapping[str, Any], n_tokens: int) -> Iterator[str]:
     made = 0
     i = 0
     while made < n_tokens:
-        for word in sentence(i % count).split():
-            yield word if not made else " " + word
+        text, at = sentence(i % count), 0
+        # One word at a time, not a list of the sentence's words held while they stream.
+        while (word := _WORD.search(text, at)) is not None:
+            at = word.end()
+            yield word[0] if not made else " " + word[0]
             made += 1
             if made == n_tokens:
                 return
         i += 1
+
+
+_WORD = re.compile(r"\S+")
+
+
+def _echo(user_message: str, seed: int) -> str:
+    """A word of the user's message for the reply to pick up (a function of its own: the reply keeps one word)."""
+    words = re.findall(r"[A-Za-z']{4,}", user_message)
+    return words[seed % len(words)].lower() if words else "that"
 
 
 def _chunks(text: str, n: int) -> list[str]:

@@ -105,34 +105,44 @@ async def send_response(request: LeanRequest, response: HttpResponseBase, send: 
     await send({"type": "http.response.body", "body": response.content})  # type: ignore[attr-defined]
 
 
-async def stream_frames(
-    frames: AsyncGenerator[bytes, None],
-    departure: Departure,
-    headers: list[tuple[bytes, bytes]],
-    receive: Receive,
-    send: Send,
-) -> None:
-    """Send a 200 with `headers`, then each chunk of `frames` (which follow a run with `departure`) until they end.
+class SseStream:
+    """A stream ready to be served: the frames of a run's follower, its departure, the response headers."""
 
-    A small task listens for the client's disconnect and sets `departure`: the follower then leaves its run at
-    once, and the run follows its `on_disconnect` policy. A write that stays blocked is the watchdog's
-    (`runs.lifecycle.StreamGuard`): it cancels this task.
-    """
+    __slots__ = ("frames", "departure", "headers")
 
-    async def until_disconnect() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        departure.set()
+    def __init__(
+        self, frames: AsyncGenerator[bytes, None], departure: Departure, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        self.frames = frames
+        self.departure = departure
+        self.headers: list[tuple[bytes, bytes]] | None = headers
 
-    watcher = asyncio.get_running_loop().create_task(until_disconnect())
-    try:
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        async for chunk in frames:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-    finally:
-        watcher.cancel()
-        await frames.aclose()
+    async def serve(self, receive: Receive, send: Send) -> None:
+        """Send a 200 with the headers, then each chunk of the frames until they end.
+
+        A small task listens for the client's disconnect and sets the departure: the follower then leaves its run
+        at once, and the run follows its `on_disconnect` policy. A write that stays blocked is the watchdog's
+        (`runs.lifecycle.StreamGuard`): it cancels this task.
+        """
+        departure, frames = self.departure, self.frames
+
+        async def until_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            departure.set()
+
+        watcher = asyncio.get_running_loop().create_task(until_disconnect())
+        try:
+            headers, self.headers = self.headers, None
+            # Sent, then let go: ~1 KiB of header bytes would otherwise live as long as the stream (hours, maybe).
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            del headers
+            async for chunk in frames:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            await frames.aclose()
 
 
 def body_limit() -> int:

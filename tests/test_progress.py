@@ -61,13 +61,18 @@ async def test_the_timer_saves_without_being_asked_and_stops_when_no_reply_strea
     assert task.done() and task.exception() is None
 
 
-def test_reply_text_is_every_delta_in_order_however_often_it_is_joined() -> None:
+def test_reply_text_gives_back_every_delta_in_order_from_any_offset() -> None:
     text = ReplyText()
-    deltas = [f" w{i}" for i in range(3 * ReplyText.JOIN_EVERY + 5)]
+    # Multi-byte characters, a lone surrogate (valid in a model's JSON string) and an empty delta.
+    deltas = [" w1", " café", " ☾😀", "", " \ud800x", " end."] * 20
     for number, delta in enumerate(deltas, start=1):
         text.append(delta)
         assert text.deltas == number
         if number % 7 == 0:  # read now and then, as the progress writer does
             assert text.text() == "".join(deltas[:number])
-    assert text.text() == "".join(deltas)
+    whole = "".join(deltas)
+    assert text.text() == whole
+    assert text.size() == ReplyText.measure(whole)
+    head = "".join(deltas[:9])
+    assert text.text(ReplyText.measure(head)) == whole[len(head) :]
     assert ReplyText().text() == ""
