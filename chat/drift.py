@@ -54,7 +54,7 @@ import math
 import re
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -548,6 +548,48 @@ class DriftResult:
         )
 
 
+@dataclass(frozen=True)
+class ScoringContext:
+    """What scoring a persona's replies needs that does not depend on the reply: made once, used for many."""
+
+    anchors: npt.NDArray[np.float64]
+    anchor_centroid: npt.NDArray[np.float64]
+    generic_centroid: npt.NDArray[np.float64]
+    calibration: Calibration
+    stale: bool
+    others: npt.NDArray[np.float64] | None = None
+    bleed_null: tuple[float, ...] = ()
+    bleed_fit: TailFit | None = None
+
+
+def scoring_context(
+    anchor_vectors: FloatArray,
+    calibration: Calibration,
+    *,
+    generic_vectors: FloatArray,
+    other_centroids: FloatArray | None = None,
+) -> ScoringContext:
+    """Check the persona's vectors and compute what :func:`score_prepared` needs from them (see :func:`score_reply`)."""
+    anchors = _check_matrix("anchor_vectors", anchor_vectors)
+    dim = anchors.shape[1]
+    generic = _check_matrix("generic_vectors", generic_vectors, dim)
+    if calibration.dim != dim:
+        raise ValueError(f"calibration is for dimension {calibration.dim}, vectors have {dim}")
+    context = ScoringContext(
+        anchors=anchors,
+        anchor_centroid=_centroid(anchors),
+        generic_centroid=_centroid(generic),
+        calibration=calibration,
+        stale=not calibration.matches(anchors, generic) or not calibration.is_current,
+    )
+    if other_centroids is not None and np.asarray(other_centroids).size:
+        others = _check_matrix("other_centroids", other_centroids, dim)
+        null = bleed_null(anchors, others, pseudo_reply_size=calibration.pseudo_reply_size)
+        fit = fit_tail(null, n_eff=float(calibration.n_anchors) if null else 0.0, prior=BLEED_PRIOR)
+        context = replace(context, others=others, bleed_null=null, bleed_fit=fit)
+    return context
+
+
 def score_reply(
     text: str,
     reply_vector: FloatArray,
@@ -563,18 +605,25 @@ def score_reply(
     ``other_centroids``: unit anchor centroids of the owner's other personas (rows), for the bleed component; without
     them that component's p-value is 1.
     """
-    anchors = _check_matrix("anchor_vectors", anchor_vectors)
-    dim = anchors.shape[1]
-    generic = _check_matrix("generic_vectors", generic_vectors, dim)
+    context = scoring_context(
+        anchor_vectors, calibration, generic_vectors=generic_vectors, other_centroids=other_centroids
+    )
+    return score_prepared(text, reply_vector, context, persona_name=persona_name)
+
+
+def score_prepared(
+    text: str, reply_vector: FloatArray, context: ScoringContext, *, persona_name: str = ""
+) -> DriftResult:
+    """:func:`score_reply` with the persona's part made beforehand (:func:`scoring_context`)."""
+    calibration = context.calibration
+    dim = context.anchors.shape[1]
     reply = np.asarray(reply_vector, dtype=np.float64).reshape(-1)
     if reply.shape[0] != dim or not np.all(np.isfinite(reply)):
         raise ValueError(f"reply_vector must be a finite vector of dimension {dim}, got shape {reply.shape}")
-    if calibration.dim != dim:
-        raise ValueError(f"calibration is for dimension {calibration.dim}, vectors have {dim}")
     reply = reply / max(float(np.linalg.norm(reply)), 1e-12)
 
-    sim_persona = float(reply @ _centroid(anchors))
-    sim_generic = float(reply @ _centroid(generic))
+    sim_persona = float(reply @ context.anchor_centroid)
+    sim_generic = float(reply @ context.generic_centroid)
     distance = 1.0 - sim_persona
     margin = sim_generic - sim_persona
     p_distance = tail_p_value(distance, calibration.null_distances, calibration.distance_fit)
@@ -582,14 +631,12 @@ def score_reply(
     hits = tuple(hard_rule_hits(text, persona_name))
     p_hard = 0.0 if hits else 1.0
     bleed, p_bleed, bleed_z, nearest = 0.0, 1.0, 0.0, -1
-    if other_centroids is not None and np.asarray(other_centroids).size:
-        others = _check_matrix("other_centroids", other_centroids, dim)
-        sims = others @ reply
+    if context.others is not None and context.bleed_fit is not None:
+        sims = context.others @ reply
         nearest = int(np.argmax(sims))
         bleed = float(sims[nearest]) - sim_persona
-        null = bleed_null(anchors, others, pseudo_reply_size=calibration.pseudo_reply_size)
-        fit = fit_tail(null, n_eff=float(calibration.n_anchors) if null else 0.0, prior=BLEED_PRIOR)
-        p_bleed = tail_p_value(bleed, null, fit)
+        fit = context.bleed_fit
+        p_bleed = tail_p_value(bleed, context.bleed_null, fit)
         bleed_z = (bleed - fit.loc) / fit.scale
 
     candidates = (
@@ -601,7 +648,7 @@ def score_reply(
     rule, p_min = min(candidates, key=lambda kv: kv[1])  # ties: first listed
     score = min(1.0, max(0.0, 1.0 - p_min))
     flagged = score > calibration.threshold
-    stale = not calibration.matches(anchors, generic) or not calibration.is_current
+    stale = context.stale
     components = {
         "centroid_distance": distance,
         "centroid_p": p_distance,

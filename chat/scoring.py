@@ -13,7 +13,7 @@ import contextlib
 import os
 import re
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import cache
@@ -25,7 +25,16 @@ from django.conf import settings
 
 from llm.embeddings import get_embedder
 
-from .drift import Calibration, DriftResult, calibrate, generic_assistant_texts, null_scores, score_reply
+from .drift import (
+    Calibration,
+    DriftResult,
+    ScoringContext,
+    calibrate,
+    generic_assistant_texts,
+    null_scores,
+    score_prepared,
+    scoring_context,
+)
 from .text import ReplyText
 
 DRIFT_ALPHA = 0.05
@@ -296,17 +305,38 @@ def score_vector(
 ) -> DriftResult:
     """Score a reply whose vector is already computed (:func:`embed_reply` or :class:`StreamingEmbedding`)."""
     dim = int(vector.shape[-1])
+    context = _scoring_context(anchor_vectors, calibration, other_centroids, dim)
+    return score_prepared(text, vector, context, persona_name=persona_name)
+
+
+# (id of the calibration dict, anchor vectors, other centroids, dim) → (that dict, its scoring context). Replies of
+# one persona version share its calibration dict and vectors (chat.services.persona_voice), so they share the
+# context too: checking and summarising the persona's vectors costs more than scoring a reply. The entry keeps
+# the dict alive, so its id is not reused while cached.
+_contexts: OrderedDict[tuple[int, bytes, bytes, int], tuple[dict[str, Any], ScoringContext]] = OrderedDict()
+_contexts_lock = threading.Lock()
+CONTEXT_CACHE_SIZE = 256
+
+
+def _scoring_context(
+    anchor_vectors: bytes, calibration: dict[str, Any], other_centroids: bytes, dim: int
+) -> ScoringContext:
+    key = (id(calibration), anchor_vectors, other_centroids, dim)
+    with _contexts_lock:
+        cached = _contexts.get(key)
+        if cached is not None and cached[0] is calibration:
+            _contexts.move_to_end(key)
+            return cached[1]
     anchors = np.frombuffer(anchor_vectors, dtype=np.float32).reshape(-1, dim)
     others = np.frombuffer(other_centroids, dtype=np.float32).reshape(-1, dim) if other_centroids else None
-    return score_reply(
-        text,
-        vector,
-        anchors,
-        Calibration.from_dict(calibration),
-        generic_vectors=_generic_vectors(),
-        persona_name=persona_name,
-        other_centroids=others,
+    context = scoring_context(
+        anchors, Calibration.from_dict(calibration), generic_vectors=_generic_vectors(), other_centroids=others
     )
+    with _contexts_lock:
+        _contexts[key] = (calibration, context)
+        while len(_contexts) > CONTEXT_CACHE_SIZE:
+            _contexts.popitem(last=False)
+    return context
 
 
 def calibration_scores(*, anchor_vectors: bytes, calibration: dict[str, Any]) -> list[float]:

@@ -372,6 +372,14 @@ class _TurnSql:
             " completion_tokens, status, started_at) VALUES " + ", ".join([row] * n)
         ) + (" RETURNING run_id, id" if returning else "")
 
+    def progress(self, n: int) -> str:
+        """Set `content` of n messages still streaming, from (id, content) rows, in one statement."""
+        rows = ", ".join(["(%s, %s)"] * n)
+        return (
+            f"UPDATE {self.message} SET content = v.column2 FROM (VALUES {rows}) AS v"
+            f" WHERE {self.message}.id = v.column1 AND {self.message}.status = %s"
+        )
+
     def touch(self, n: int) -> str:
         return f"UPDATE {self.session} SET updated_at = %s WHERE id IN ({self._list(n)})"
 
@@ -453,14 +461,22 @@ def other_persona_centroids(*, owner_id: int, persona_id: str, embedding_model: 
 def messages_progress(*, updates: list[tuple[str, str]]) -> None:
     """Save the partial content of replies that are still streaming: (message id, content) pairs.
 
-    One statement run for all rows (executemany), since a busy process saves thousands at a time.
+    One statement for up to PROGRESS_ROWS rows, since a busy process saves thousands at a time: the database
+    does the work in one call (which releases the GIL), where a statement per row would hand the GIL back and
+    forth with the event loop thousands of times and hold up every stream.
     """
-    table = connection.ops.quote_name(Message._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            f"UPDATE {table} SET content = %s WHERE id = %s AND status = %s",
-            [(content, message_id, Message.Status.STREAMING) for message_id, content in updates],
-        )
+    sql = _sql()
+    for start in range(0, len(updates), PROGRESS_ROWS):
+        rows = updates[start : start + PROGRESS_ROWS]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                sql.progress(len(rows)),
+                [value for row in rows for value in row] + [Message.Status.STREAMING],
+            )
+
+
+# Rows per progress statement (two parameters each: SQLite allows 32,766).
+PROGRESS_ROWS = 5000
 
 
 @transaction.atomic

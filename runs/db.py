@@ -1,6 +1,7 @@
 """Run short synchronous database work from async code without holding a connection."""
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -38,6 +39,24 @@ def _call_and_close(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         _release_connections()
 
 
+_sqlite_thread: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor | None:
+    """One thread for all the work on a SQLite database; None (the loop's pool) for a database server.
+
+    SQLite takes one writer at a time, and a writer that finds it taken sleeps and retries (for up to 100 ms
+    a time): under load, writes from several threads wait on each other far longer than they take. In one
+    thread they simply queue, and that thread keeps its connection.
+    """
+    global _sqlite_thread
+    if connections["default"].vendor != "sqlite":
+        return None
+    if _sqlite_thread is None:
+        _sqlite_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+    return _sqlite_thread
+
+
 async def db(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
     """Call a sync service function in a worker thread and give its connection back afterwards."""
-    return await sync_to_async(_call_and_close, thread_sensitive=False)(fn, *args, **kwargs)
+    return await sync_to_async(_call_and_close, thread_sensitive=False, executor=_executor())(fn, *args, **kwargs)
