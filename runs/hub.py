@@ -268,7 +268,7 @@ class InProcessHub:
                 waiter: asyncio.Future[bool] = loop.create_future()
                 run.waiters.append(waiter)
                 self._sleeping[waiter] = heartbeat_at
-                if self._ticker is None or self._ticker.done():
+                if self._ticker is None or self._ticker.done() or self._ticker.get_loop() is not loop:
                     self._ticker = loop.create_task(
                         self._tick(), name="moonborn-heartbeats", context=contextvars.Context()
                     )
@@ -283,10 +283,13 @@ class InProcessHub:
             self._left(run, policy, cancel_if_last=not run.done and not leaving_for_shutdown)
 
     async def _tick(self) -> None:
-        """Wake the followers that are owed a heartbeat, until none is waiting."""
+        """Wake the followers that are owed a heartbeat (for the life of the process, from the first follower on).
+
+        It stays rather than ending when no follower waits: a stream's follower waits between every two events.
+        """
         loop = asyncio.get_running_loop()
         every = min(1.0, self.heartbeat_seconds / 4)
-        while self._sleeping:
+        while True:
             await asyncio.sleep(every)
             now = loop.time()
             for waiter, due in list(self._sleeping.items()):

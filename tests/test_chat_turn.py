@@ -2,9 +2,12 @@
 
 import pytest
 
+from accounts.models import UsageRecord
+from accounts.services import api_key_create, api_key_revoke
 from chat.models import ChatSession, Message
-from chat.services import ReplyJob, message_create_turn
-from tests.factories import ChatSessionFactory
+from chat.services import ChatConflict, ReplyJob, TurnRequest, message_create_turn, message_create_turns
+from personas.models import Persona
+from tests.factories import ChatSessionFactory, MessageFactory, PersonaFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -35,3 +38,60 @@ def test_replies_share_their_persona_until_it_changes_and_then_read_it_again() -
         {"version": 2},
     )
     assert [third.turn, third.history[-2:]] == [2, (("user", "Still there?"), ("assistant", "Aye."))]
+
+
+def test_one_transaction_takes_the_turns_it_can_and_refuses_the_rest_exactly_as_alone() -> None:
+    alice_key_row, alice_key = api_key_create(username="alice")
+    bob_key_row, bob_key = api_key_create(username="bob")
+    revoked_row, revoked_key = api_key_create(username="carol")
+    api_key_revoke(prefix=revoked_row.prefix)
+    alice, bob = alice_key_row.owner, bob_key_row.owner
+    talked = ChatSessionFactory(owner=alice)
+    MessageFactory(session=talked, index=0, role=Message.Role.USER, content="Hi.")
+    MessageFactory(session=talked, index=1, role=Message.Role.ASSISTANT, content="Aye.")
+    fresh = ChatSessionFactory(owner=alice)
+    generating = ChatSessionFactory(owner=alice, persona=PersonaFactory(owner=alice, status=Persona.Status.GENERATING))
+    bobs = ChatSessionFactory(owner=bob)
+
+    def ask(session: ChatSession, key: str, text: str) -> TurnRequest:
+        return TurnRequest(session_id=session.pk, content=text, provider="demo", model="demo", key=key)
+
+    outcomes = message_create_turns(
+        requests=[
+            ask(talked, alice_key, "Again?"),
+            ask(fresh, alice_key, "First."),
+            ask(fresh, alice_key, "Racing the first."),  # the same session twice: its reply is streaming now
+            ask(bobs, alice_key, "Not mine."),
+            ask(generating, alice_key, "Too early."),
+            ask(talked, revoked_key, "Revoked."),
+            ask(bobs, bob_key, "Mine."),
+            ask(talked, "mb_not_a_key", "Garbage."),
+        ]
+    )
+    kinds = [type(o).__name__ if not isinstance(o, tuple) else o[0] for o in outcomes]
+    assert kinds == [alice.pk, alice.pk, "ChatConflict", "DoesNotExist", "ChatConflict", "NoneType", bob.pk, "NoneType"]
+    assert isinstance(outcomes[2], ChatConflict) and "still being generated" in str(outcomes[2])
+    assert isinstance(outcomes[4], ChatConflict) and "generating" in str(outcomes[4])
+    jobs = [o[1] for o in outcomes if isinstance(o, tuple)]
+    assert [(j.session_id, j.turn, j.history, j.user_content) for j in jobs] == [
+        (talked.pk, 1, (("user", "Hi."), ("assistant", "Aye.")), "Again?"),
+        (fresh.pk, 0, (), "First."),
+        (bobs.pk, 0, (), "Mine."),
+    ]
+    # Exactly the rows of the three turns taken: two messages each, a streaming reply, its usage record.
+    for job in jobs:
+        rows = Message.objects.filter(session_id=job.session_id).order_by("index")
+        assert [(m.role, m.status, m.content) for m in rows][-2:] == [
+            ("user", "completed", job.user_content),
+            ("assistant", "streaming", ""),
+        ]
+        assert rows.last().pk == job.assistant_message_id  # type: ignore[union-attr]
+        usage = UsageRecord.objects.get(pk=job.usage_id)
+        assert (usage.run_id, usage.owner_id, usage.status) == (
+            job.assistant_message_id,
+            rows[0].session.owner_id,
+            "running",
+        )
+    assert Message.objects.filter(session__in=[generating]).count() == 0
+    assert Message.objects.count() == 2 + 6
+    assert UsageRecord.objects.count() == 3
