@@ -461,22 +461,22 @@ def other_persona_centroids(*, owner_id: int, persona_id: str, embedding_model: 
 def messages_progress(*, updates: list[tuple[str, str]]) -> None:
     """Save the partial content of replies that are still streaming: (message id, content) pairs.
 
-    One statement for up to PROGRESS_ROWS rows, since a busy process saves thousands at a time: the database
-    does the work in one call (which releases the GIL), where a statement per row would hand the GIL back and
-    forth with the event loop thousands of times and hold up every stream.
+    One statement per PROGRESS_ROWS rows, since a busy process saves thousands at a time: the database does the
+    work in one call (which releases the GIL), where a statement per row would hand the GIL back and forth with
+    the event loop thousands of times and hold up every stream. Always the same statement (a short last group
+    repeats its last row), so the connection caches one, not one per size (a statement for thousands of rows is
+    large, and SQLite's cache keeps a hundred of them).
     """
-    sql = _sql()
+    sql = _sql().progress(PROGRESS_ROWS)
     for start in range(0, len(updates), PROGRESS_ROWS):
         rows = updates[start : start + PROGRESS_ROWS]
+        rows += [rows[-1]] * (PROGRESS_ROWS - len(rows))
         with connection.cursor() as cursor:
-            cursor.execute(
-                sql.progress(len(rows)),
-                [value for row in rows for value in row] + [Message.Status.STREAMING],
-            )
+            cursor.execute(sql, [value for row in rows for value in row] + [Message.Status.STREAMING])
 
 
-# Rows per progress statement (two parameters each: SQLite allows 32,766).
-PROGRESS_ROWS = 5000
+# Rows per progress statement.
+PROGRESS_ROWS = 200
 
 
 @transaction.atomic
