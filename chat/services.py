@@ -463,14 +463,14 @@ def messages_progress(*, updates: list[tuple[str, str]]) -> None:
 
     One statement per PROGRESS_ROWS rows, since a busy process saves thousands at a time: the database does the
     work in one call (which releases the GIL), where a statement per row would hand the GIL back and forth with
-    the event loop thousands of times and hold up every stream. Always the same statement (a short last group
-    repeats its last row), so the connection caches one, not one per size (a statement for thousands of rows is
-    large, and SQLite's cache keeps a hundred of them).
+    the event loop thousands of times and hold up every stream. Always the same statement, so the connection
+    caches one, not one per size (a statement for thousands of rows is large, and SQLite's cache keeps a hundred
+    of them); a short last group is filled with rows that match nothing.
     """
     sql = _sql().progress(PROGRESS_ROWS)
     for start in range(0, len(updates), PROGRESS_ROWS):
         rows = updates[start : start + PROGRESS_ROWS]
-        rows += [rows[-1]] * (PROGRESS_ROWS - len(rows))
+        rows += [("", "")] * (PROGRESS_ROWS - len(rows))  # no message has the id ""
         with connection.cursor() as cursor:
             cursor.execute(sql, [value for row in rows for value in row] + [Message.Status.STREAMING])
 

@@ -13,6 +13,7 @@ import contextvars
 import json
 import logging
 from array import array
+from bisect import bisect_right
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -73,6 +74,10 @@ class Departure:
             self._wake()
 
 
+# At most about this many bytes of frames in one write to a follower.
+WRITE_LIMIT = 64 * 1024
+
+
 @dataclass(eq=False, slots=True)
 class _Run:
     id: str
@@ -96,10 +101,16 @@ class _Run:
         """How many events the run has (the id of its last one)."""
         return len(self.ends)
 
-    def frames_after(self, position: int) -> bytes:
-        """The frames of the events after id `position`, joined."""
+    def frames_after(self, position: int, limit: int = WRITE_LIMIT) -> tuple[bytes, int]:
+        """The frames of the events after id `position`, joined, up to about `limit` bytes; and the last id in them.
+
+        Bounded so that a follower far behind (a slow client, a fast producer) hands the transport a bounded write
+        and then waits for it to drain, instead of copying the whole log into its buffer.
+        """
+        start = self.ends[position - 1] if position else 0
+        end = max(position + 1, bisect_right(self.ends, start + limit, lo=position))
         with memoryview(self.log) as view:
-            return bytes(view[self.ends[position - 1] if position else 0 :])
+            return bytes(view[start : self.ends[end - 1]]), end
 
     def append(self, event: Event) -> bytes:
         frame = encode_event(len(self.ends) + 1, event.type, event.data)
@@ -253,9 +264,8 @@ class InProcessHub:
                 if departure is not None and departure.left:
                     return
                 if position < run.count:
-                    # Every frame that is already waiting goes out in one write.
-                    chunk = run.frames_after(position)
-                    position = run.count
+                    # The frames already waiting go out in one write (each event keeps its own id).
+                    chunk, position = run.frames_after(position)
                     yield chunk
                     heartbeat_at = loop.time() + self.heartbeat_seconds
                     continue

@@ -350,3 +350,22 @@ async def test_shutdown_releases_followers_with_the_last_id_and_lets_the_run_fin
     # Leaving because of the shutdown is not a disconnect: the run goes on to its end.
     await hub.drain(within=5)
     assert (await hub.info("run1")).terminal == Event("completed", {"messageId": "msg_1"})
+
+
+def test_a_follower_far_behind_gets_its_frames_in_bounded_writes() -> None:
+    from runs.events import Event
+    from runs.hub import WRITE_LIMIT, OnDisconnect, _Run
+
+    run = _Run(id="msg_x", owner_id=1, on_disconnect=OnDisconnect.CANCEL)
+    for i in range(20_000):
+        run.append(Event("token", {"delta": f" w{i}"}))
+    run.append(Event("token", {"delta": "x" * (2 * WRITE_LIMIT)}))  # one frame larger than the limit
+    chunks, position = [], 0
+    while position < run.count:
+        chunk, position = run.frames_after(position)
+        chunks.append(chunk)
+    assert b"".join(chunks) == bytes(run.log)
+    assert all(len(chunk) <= WRITE_LIMIT for chunk in chunks[:-1])  # whole frames, at most the limit...
+    assert len(chunks[-1]) > 2 * WRITE_LIMIT  # ...except a single frame larger than it, sent whole
+    assert len(chunks) > len(run.log) // WRITE_LIMIT - 1
+    assert all(chunk.startswith(b"id: ") and chunk.endswith(b"\n\n") for chunk in chunks)
