@@ -445,18 +445,6 @@ def _anchor_centroid(raw: bytes, anchors: list[str]) -> "np.ndarray | None":
     return centroid(vectors.reshape(len(anchors), -1)).astype(np.float32)
 
 
-def other_persona_centroids(*, owner_id: int, persona_id: str, embedding_model: str) -> bytes:
-    """Anchor centroids of the owner's other ready personas embedded by the same model, float32 rows (b"" if none)."""
-    personas = list(
-        Persona.objects.filter(owner_id=owner_id, status=Persona.Status.READY, embedding_model=embedding_model)
-        .exclude(pk=persona_id)
-        .exclude(anchor_vectors=b"")
-        .order_by("-created_at")
-        .values_list("id", "updated_at")[:BLEED_PERSONAS_LIMIT]
-    )
-    return _stacked_centroids(personas, embedding_model)
-
-
 @transaction.atomic
 def messages_progress(*, updates: list[tuple[str, str]]) -> None:
     """Save the partial content of replies that are still streaming: (message id, content) pairs.

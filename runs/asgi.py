@@ -80,10 +80,6 @@ def replaying(body: bytes, more: bool, receive: Receive) -> Receive:
     return replay
 
 
-def _security_headers() -> InlineSecurityMiddleware:
-    return InlineSecurityMiddleware(lambda request: HttpResponseBase())
-
-
 _security: InlineSecurityMiddleware | None = None
 
 
@@ -91,7 +87,7 @@ def asgi_headers(request: LeanRequest, response: HttpResponseBase) -> list[tuple
     """The response's headers as Django's API handler would send them (its security headers included)."""
     global _security
     if _security is None:
-        _security = _security_headers()
+        _security = InlineSecurityMiddleware(lambda request: HttpResponseBase())
     # SecurityMiddleware reads only `is_secure()` of the request, for HSTS.
     _security.process_response(request, response)  # type: ignore[arg-type]
     return [(name.encode("ascii"), value.encode("latin-1")) for name, value in response.items()]

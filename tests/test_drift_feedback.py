@@ -99,9 +99,11 @@ def test_other_persona_centroids_are_the_owners_other_ready_personas() -> None:
     ready_persona(ZED, "Someone else's Zed")  # another owner
     foreign = ready_persona(ZED, "Zed, embedded elsewhere", owner)
     Persona.objects.filter(pk=foreign.pk).update(embedding_model="openai:text-embedding-3-small")
-    raw = services.other_persona_centroids(
-        owner_id=owner.id, persona_id=lady.id, embedding_model="sentence-transformers/all-MiniLM-L6-v2"
-    )
+    # What a turn of Lady Marigold's carries for the bleed component.
+    session = ChatSessionFactory(owner=owner, persona=lady)
+    raw = services.message_create_turn(
+        owner_id=owner.id, session_id=session.pk, content="Hello.", provider="demo", model="demo"
+    ).other_centroids
     rows = np.frombuffer(raw, dtype=np.float32).reshape(-1, 384)
     expected = centroid(np.frombuffer(bytes(zed.anchor_vectors), dtype=np.float32).reshape(-1, 384))
     assert rows.shape == (1, 384)
