@@ -31,14 +31,14 @@ from runs.asgi import (
     Scope,
     Send,
     SseStream,
-    asgi_headers,
     body_limit,
     read_body,
     replaying,
     send_response,
+    sse_asgi_headers,
 )
 from runs.db import db
-from runs.hub import Departure, InProcessHub, OnDisconnect, get_hub
+from runs.hub import InProcessHub, OnDisconnect, get_hub
 from runs.idempotency import claim_or_replay
 from runs.sse import sse_response
 from runs.streaming import cancel_owned, check_capacity, resumable, serve_run, sse_frames, start_run
@@ -144,7 +144,7 @@ async def message_create_fast(scope: Scope, receive: Receive, send: Send, *, ses
 
 
 async def _start_fast(scope: Scope, receive: Receive, send: Send, session_id: str, django: ASGIApp) -> SseStream | None:
-    """Start the reply: its frames, their departure and the response headers; None once answered otherwise."""
+    """Start the reply and return it ready to relay; None once answered otherwise."""
     request = LeanRequest(scope)
     limit = body_limit()
     body, more = await read_body(receive, limit)
@@ -163,10 +163,7 @@ async def _start_fast(scope: Scope, receive: Receive, send: Send, session_id: st
             error[name] = value
         await send_response(request, error, send)
         return None
-    departure = Departure()
-    frames = sse_frames(hub, message_id, after=0, on_disconnect=policy, departure=departure)
-    headers = asgi_headers(request, sse_response(frames, location=_location(session_id, message_id)))
-    return SseStream(frames, departure, headers)
+    return SseStream(hub, message_id, policy, sse_asgi_headers(request, location=_location(session_id, message_id)))
 
 
 async def _fast_turn(

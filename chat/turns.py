@@ -2,9 +2,9 @@
 
 A process asked for a thousand replies at once would otherwise run a thousand transactions, each in a worker
 thread of its own, contending for the database (SQLite has one writer at a time and backs off by sleeping). Here
-one task takes every turn that is waiting, stores them in one `db()` call (each turn in a savepoint of its own,
-so a refused one changes nothing), and hands each request its outcome. A lone request pays nothing extra: it
-is taken at once.
+one task takes every turn that is waiting, stores them in one `db()` call (a refused turn changes nothing), and
+hands each request its outcome while the next batch is being stored. A lone request pays nothing extra: it is
+taken at once.
 """
 
 import asyncio
@@ -39,6 +39,8 @@ class TurnWriter:
     def __init__(self) -> None:
         self._waiting: list[tuple[TurnRequest, asyncio.Future[TurnOutcome]]] = []
         self._task: asyncio.Task[None] | None = None
+        # Batches written whose requests are still being resumed.
+        self._resuming: set[asyncio.Task[None]] = set()
         # How many transactions and turns were written (for tests and diagnostics).
         self.batches = 0
         self.turns = 0
@@ -54,37 +56,51 @@ class TurnWriter:
         return await outcome
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._waiting:
             batch = self._waiting[:BATCH_LIMIT]
             del self._waiting[:BATCH_LIMIT]
-            requests = [request for request, _ in batch]
-            try:
-                outcomes: list[TurnOutcome | BaseException] = list(await db(message_create_turns, requests=requests))
-            except Exception as exc:
-                if len(batch) == 1:
-                    outcomes = [exc]
-                else:
-                    # One request must not fail the others: each on its own, then.
-                    outcomes = []
-                    for request in requests:
-                        try:
-                            outcomes += await db(message_create_turns, requests=[request])
-                        except Exception as alone:
-                            outcomes.append(alone)
+            outcomes = await self._write([request for request, _ in batch])
             self.batches += 1
             self.turns += len(batch)
-            for number, ((_, future), outcome) in enumerate(zip(batch, outcomes, strict=True)):
-                if number and not number % RESUME_GROUP:
-                    await asyncio.sleep(0)
-                if isinstance(outcome, BaseException) and not isinstance(outcome, TurnRefusals):
-                    if not future.done():
-                        future.set_exception(outcome)
-                elif not future.done():
-                    future.set_result(outcome)
-                elif isinstance(outcome, tuple):
-                    # Its request was cancelled while waiting (the server is stopping): no run will produce this
-                    # reply, so it ends now, empty, instead of blocking its session as `streaming`.
-                    await _abandon(outcome[1])
+            # The next batch goes to the database while this one's requests resume on the event loop: when a
+            # thousand arrive at once, the last no longer waits for every earlier batch's starts as well.
+            resume = loop.create_task(self._resume(batch, outcomes), name="moonborn-turns-resume")
+            self._resuming.add(resume)
+            resume.add_done_callback(self._resuming.discard)
+
+    async def _write(self, requests: list[TurnRequest]) -> list[TurnOutcome | BaseException]:
+        try:
+            return list(await db(message_create_turns, requests=requests))
+        except Exception as exc:
+            if len(requests) == 1:
+                return [exc]
+        # One request must not fail the others: each on its own, then.
+        outcomes: list[TurnOutcome | BaseException] = []
+        for request in requests:
+            try:
+                outcomes += await db(message_create_turns, requests=[request])
+            except Exception as alone:
+                outcomes.append(alone)
+        return outcomes
+
+    async def _resume(
+        self,
+        batch: list[tuple[TurnRequest, asyncio.Future[TurnOutcome]]],
+        outcomes: list[TurnOutcome | BaseException],
+    ) -> None:
+        for number, ((_, future), outcome) in enumerate(zip(batch, outcomes, strict=True)):
+            if number and not number % RESUME_GROUP:
+                await asyncio.sleep(0)
+            if isinstance(outcome, BaseException) and not isinstance(outcome, TurnRefusals):
+                if not future.done():
+                    future.set_exception(outcome)
+            elif not future.done():
+                future.set_result(outcome)
+            elif isinstance(outcome, tuple):
+                # Its request was cancelled while waiting (the server is stopping): no run will produce this
+                # reply, so it ends now, empty, instead of blocking its session as `streaming`.
+                await _abandon(outcome[1])
 
 
 async def _abandon(job: ReplyJob) -> None:

@@ -9,16 +9,20 @@ JSON errors, and everything that can be checked before the first byte, have one 
 """
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http import HttpResponseBase
 
+from moonborn_site.handlers import release_request_thread
 from moonborn_site.middleware import InlineSecurityMiddleware
 
-from .hub import Departure
+from .hub import Departure, InProcessHub, OnDisconnect
+from .sse import RETRY, SSE_CONTENT_TYPE, sse_headers
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -93,6 +97,28 @@ def asgi_headers(request: LeanRequest, response: HttpResponseBase) -> list[tuple
     return [(name.encode("ascii"), value.encode("latin-1")) for name, value in response.items()]
 
 
+# The SSE response's headers, but for its Location, for a plain and a secure request (HSTS): built once each.
+_sse_templates: dict[bool, list[tuple[bytes, bytes]]] = {}
+_LOCATION = "\x00location\x00"
+
+
+@receiver(setting_changed)
+def _forget_sse_templates(**kwargs: Any) -> None:
+    _sse_templates.clear()
+
+
+def sse_asgi_headers(request: LeanRequest, *, location: str) -> list[tuple[bytes, bytes]]:
+    """The headers of `runs.sse.sse_response(…, location=location)` as Django's API handler would send them."""
+    secure = request.is_secure()
+    template = _sse_templates.get(secure)
+    if template is None:
+        response = HttpResponseBase(content_type=SSE_CONTENT_TYPE)
+        sse_headers(response, location=_LOCATION)
+        template = _sse_templates[secure] = asgi_headers(request, response)
+    marker, value = _LOCATION.encode("latin-1"), location.encode("latin-1")
+    return [(name, value if current == marker else current) for name, current in template]
+
+
 async def send_response(request: LeanRequest, response: HttpResponseBase, send: Send) -> None:
     """Send a complete (non-streaming) Django response."""
     await send(
@@ -101,31 +127,88 @@ async def send_response(request: LeanRequest, response: HttpResponseBase, send: 
     await send({"type": "http.response.body", "body": response.content})  # type: ignore[attr-defined]
 
 
-class SseStream:
-    """A stream ready to be served: the frames of a run's follower, its departure, the response headers."""
+class GuardedSend:
+    """The `send` that `runs.lifecycle.StreamGuard` hands the app: a stream's blocked writes are timed.
 
-    __slots__ = ("frames", "departure", "headers")
+    A write to a stream that stays blocked past the write timeout gets the task waiting on it cancelled by the
+    guard's watchdog. `start` is the server's own `send`, for writes begun in another task than the stream's
+    (`runs.hub.InProcessHub.relay`); the stream's task awaits their rest with `finish`, timed like its own.
+    """
+
+    __slots__ = ("start", "blocked", "loop", "is_stream")
+
+    def __init__(self, send: Send, blocked: dict["asyncio.Task[Any]", float], loop: asyncio.AbstractEventLoop) -> None:
+        self.start = send
+        # The task blocked in a stream write → when the write began (the watchdog's).
+        self.blocked = blocked
+        self.loop = loop
+        self.is_stream = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.is_stream = any(
+                name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+                for name, value in message.get("headers", ())
+            )
+            if self.is_stream:
+                release_request_thread()
+            await self.start(message)
+            return
+        if not self.is_stream:
+            await self.start(message)
+            return
+        await self.finish(self.start(message))
+
+    async def finish(self, write: Awaitable[None]) -> None:
+        """Await a stream write, timed for the watchdog."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.blocked[task] = self.loop.time()
+        try:
+            await write
+        finally:
+            self.blocked.pop(task, None)
+
+
+class SseStream:
+    """A run ready to be relayed to a client: the run, how to follow it, the response headers."""
+
+    __slots__ = ("hub", "run_id", "on_disconnect", "headers")
 
     def __init__(
-        self, frames: AsyncGenerator[bytes, None], departure: Departure, headers: list[tuple[bytes, bytes]]
+        self, hub: InProcessHub, run_id: str, on_disconnect: OnDisconnect, headers: list[tuple[bytes, bytes]]
     ) -> None:
-        self.frames = frames
-        self.departure = departure
+        self.hub = hub
+        self.run_id = run_id
+        self.on_disconnect = on_disconnect
         self.headers: list[tuple[bytes, bytes]] | None = headers
 
     async def serve(self, receive: Receive, send: Send) -> None:
-        """Send a 200 with the headers, then each chunk of the frames until they end.
+        """Send a 200 with the headers, then `retry:` and the run's frames until its end (`InProcessHub.relay`).
 
         A small task listens for the client's disconnect and sets the departure: the follower then leaves its run
         at once, and the run follows its `on_disconnect` policy. A write that stays blocked is the watchdog's
         (`runs.lifecycle.StreamGuard`): it cancels this task.
         """
-        departure, frames = self.departure, self.frames
+        departure = Departure()
 
         async def until_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
             departure.set()
+
+        def start_write(chunk: bytes) -> Coroutine[Any, Any, None]:
+            return start({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        async def write(chunk: bytes) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        if isinstance(send, GuardedSend):
+            start: Callable[[Message], Coroutine[Any, Any, None]] = send.start  # type: ignore[assignment]
+            finish_write: Callable[[Awaitable[None]], Awaitable[None]] = send.finish
+        else:
+            start = send  # type: ignore[assignment]
+            finish_write = _awaited
 
         watcher = asyncio.get_running_loop().create_task(until_disconnect())
         try:
@@ -133,12 +216,22 @@ class SseStream:
             # Sent, then let go: ~1 KiB of header bytes would otherwise live as long as the stream (hours, maybe).
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             del headers
-            async for chunk in frames:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await self.hub.relay(
+                self.run_id,
+                write=write,
+                start_write=start_write,
+                finish_write=finish_write,
+                on_disconnect=self.on_disconnect,
+                departure=departure,
+                first=RETRY,
+            )
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
-            await frames.aclose()
+
+
+async def _awaited(write: Awaitable[None]) -> None:
+    await write
 
 
 def body_limit() -> int:

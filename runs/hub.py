@@ -14,10 +14,10 @@ import json
 import logging
 from array import array
 from bisect import bisect_right
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from django.conf import settings
 
@@ -59,7 +59,7 @@ def shutdown_frame(last_event_id: int) -> bytes:
 class Departure:
     """Tells a follower that its client has left: it stops at once, even while waiting for the next event.
 
-    Set by whoever watches the connection (`runs.asgi.stream_frames`), from another task than the follower's.
+    Set by whoever watches the connection (`runs.asgi.SseStream`), from another task than the relaying follower's.
     """
 
     __slots__ = ("left", "_wake")
@@ -77,6 +77,89 @@ class Departure:
 # At most about this many bytes of frames in one write to a follower.
 WRITE_LIMIT = 64 * 1024
 
+Write = Callable[[bytes], Awaitable[None]]
+# Starts a write and returns its coroutine (see `InProcessHub.relay`).
+StartWrite = Callable[[bytes], Coroutine[Any, Any, None]]
+
+
+class _Rest:
+    """The rest of a write whose coroutine was started in another task and suspended there.
+
+    Awaiting it in the follower's task goes on driving the coroutine: first hand the task what it suspended on,
+    then resume it (or throw the task's cancellation into it) until it ends.
+    """
+
+    __slots__ = ("coro", "suspended_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], suspended_on: Any) -> None:
+        self.coro = coro
+        self.suspended_on = suspended_on
+
+    def __await__(self) -> Generator[Any, None, None]:
+        suspended_on, self.suspended_on = self.suspended_on, None
+        while True:
+            try:
+                yield suspended_on
+            except BaseException as exc:
+                try:
+                    suspended_on = self.coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                suspended_on = self.coro.send(None)
+            except StopIteration:
+                return
+
+
+class _Pusher:
+    """A relaying follower that is caught up: the producer writes each new frame to its client itself.
+
+    The write is the server's `send`, which as a rule ends without suspending (the socket takes the bytes). Then
+    the follower's task is not woken at all: one task switch per event instead of two. A write that suspends
+    (the client reads slowly), or fails, or the run's end, wakes the follower to take over.
+    """
+
+    __slots__ = ("start_write", "waiter", "position", "rest", "error", "sleeping", "heartbeat_seconds")
+
+    def __init__(
+        self, start_write: StartWrite, sleeping: dict["asyncio.Future[bool]", float], heartbeat_seconds: float
+    ) -> None:
+        self.start_write = start_write
+        self.waiter: asyncio.Future[bool] | None = None
+        self.position = 0
+        self.rest: _Rest | None = None
+        self.error: Exception | None = None
+        self.sleeping = sleeping
+        self.heartbeat_seconds = heartbeat_seconds
+
+    def push(self, frame: bytes, event_id: int, last: bool) -> bool:
+        """Write event `event_id` (the next one for this follower); False once the follower must take over."""
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return False  # not waiting, or already woken: it catches up by itself
+        if self.position != event_id - 1:
+            waiter.set_result(False)
+            return False
+        coro = self.start_write(frame)
+        self.position = event_id
+        try:
+            suspended_on = coro.send(None)
+        except StopIteration:
+            if not last:
+                self.sleeping[waiter] = waiter.get_loop().time() + self.heartbeat_seconds
+                return True
+        except Exception as exc:
+            self.error = exc
+        else:
+            self.rest = _Rest(coro, suspended_on)
+        waiter.set_result(False)
+        return False
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(False)
+
 
 @dataclass(eq=False, slots=True)
 class _Run:
@@ -93,6 +176,8 @@ class _Run:
     task: "asyncio.Task[None] | None" = None
     # Followers waiting for the next event; each gets False when one comes (True: time for a heartbeat).
     waiters: list["asyncio.Future[bool]"] = field(default_factory=list)
+    # Relaying followers that are caught up: they get each new frame written at once.
+    pushers: list[_Pusher] = field(default_factory=list)
     # Called once, when the terminal event is appended (the hub's count of its owner's active runs).
     on_done: Callable[["_Run"], None] | None = None
 
@@ -125,9 +210,19 @@ class _Run:
             self.terminal = terminal
             if self.on_done is not None:
                 self.on_done(self)
-        self.wake()
+        if self.pushers:
+            event_id, last = len(self.ends), self.done
+            self.pushers = [pusher for pusher in self.pushers if pusher.push(frame, event_id, last)]
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(False)
 
     def wake(self) -> None:
+        """Wake every follower waiting for this run (to leave, or to see the server shutting down)."""
+        pushers, self.pushers = self.pushers, []
+        for pusher in pushers:
+            pusher.wake()
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -239,12 +334,11 @@ class InProcessHub:
         *,
         after: int = 0,
         on_disconnect: OnDisconnect | None = None,
-        departure: Departure | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """Yield the run's frames after id `after`, then live ones, joined when several are ready.
 
         Yields `HEARTBEAT` after `heartbeat_seconds` without an event. A follower that leaves before
-        the terminal event (its response was cancelled or closed, or `departure` was set) cancels the run
+        the terminal event (its response was cancelled or closed) cancels the run
         when its policy is `cancel` and no other follower is left. When the server shuts down, the follower gets a
         `server_shutdown` error (the run goes on) and ends.
         """
@@ -257,12 +351,8 @@ class InProcessHub:
         await self._joined(run)
         loop = asyncio.get_running_loop()
         heartbeat_at = loop.time() + self.heartbeat_seconds
-        if departure is not None:
-            departure._wake = run.wake
         try:
             while True:
-                if departure is not None and departure.left:
-                    return
                 if position < run.count:
                     # The frames already waiting go out in one write (each event keeps its own id).
                     chunk, position = run.frames_after(position)
@@ -288,6 +378,88 @@ class InProcessHub:
                     self._sleeping.pop(waiter, None)
                 if heartbeat:
                     yield HEARTBEAT
+                    heartbeat_at = loop.time() + self.heartbeat_seconds
+        finally:
+            self._left(run, policy, cancel_if_last=not run.done and not leaving_for_shutdown)
+
+    async def relay(
+        self,
+        run_id: str,
+        *,
+        write: Write,
+        start_write: StartWrite,
+        finish_write: Callable[[Awaitable[None]], Awaitable[None]],
+        after: int = 0,
+        on_disconnect: OnDisconnect | None = None,
+        departure: Departure | None = None,
+        first: bytes = b"",
+    ) -> None:
+        """Write the run's frames after id `after` (the first write prefixed with `first`), then live ones.
+
+        `follow`, with the writing done here: while the follower is caught up, the producer writes each new event
+        with `start_write` as it publishes it (`_Pusher`), and this task sleeps until a write suspends or fails, the
+        run ends, a heartbeat is due, the client leaves or the server shuts down. `write` serves this task's own
+        writes; `finish_write` awaits a write that the producer began and that suspended (a slow client).
+        Leaving, cancellation and shutdown are as for `follow`.
+        """
+        run = await self._lookup(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        policy = on_disconnect or run.on_disconnect
+        position = max(0, after)
+        leaving_for_shutdown = False
+        await self._joined(run)
+        loop = asyncio.get_running_loop()
+        heartbeat_at = loop.time() + self.heartbeat_seconds
+        pusher = _Pusher(start_write, self._sleeping, self.heartbeat_seconds)
+        if departure is not None:
+            departure._wake = pusher.wake
+        try:
+            while True:
+                if departure is not None and departure.left:
+                    return
+                if position < run.count:
+                    chunk, position = run.frames_after(position)
+                    await write(first + chunk if first else chunk)
+                    first = b""
+                    heartbeat_at = loop.time() + self.heartbeat_seconds
+                    continue
+                if run.done:
+                    return
+                if self.shutting_down:
+                    leaving_for_shutdown = True
+                    await write(first + shutdown_frame(position))
+                    return
+                if first:
+                    # Nothing to send yet (a resume of a quiet run): open the stream now, not at the next event.
+                    await write(first)
+                    first = b""
+                    heartbeat_at = loop.time() + self.heartbeat_seconds
+                    continue
+                pusher.waiter = waiter = loop.create_future()
+                pusher.position = position
+                run.pushers.append(pusher)
+                self._sleeping[waiter] = heartbeat_at
+                if self._ticker is None or self._ticker.done() or self._ticker.get_loop() is not loop:
+                    self._ticker = loop.create_task(
+                        self._tick(), name="moonborn-heartbeats", context=contextvars.Context()
+                    )
+                try:
+                    heartbeat = await waiter
+                finally:
+                    heartbeat_at = self._sleeping.pop(waiter, heartbeat_at)
+                    pusher.waiter = None
+                    if pusher in run.pushers:
+                        run.pushers.remove(pusher)
+                position = pusher.position
+                rest, pusher.rest = pusher.rest, None
+                if rest is not None:
+                    await finish_write(rest)
+                error, pusher.error = pusher.error, None
+                if error is not None:
+                    raise error
+                if heartbeat:
+                    await write(HEARTBEAT)
                     heartbeat_at = loop.time() + self.heartbeat_seconds
         finally:
             self._left(run, policy, cancel_if_last=not run.done and not leaving_for_shutdown)

@@ -20,8 +20,7 @@ from typing import Any
 
 from django.conf import settings
 
-from moonborn_site.handlers import release_request_thread
-
+from .asgi import GuardedSend
 from .db import db
 from .hub import InProcessHub, get_hub
 from .services import orphan_candidates, orphan_run_fail
@@ -103,31 +102,8 @@ class StreamGuard:
             return
         if self._loop is None:
             self._on_first_request()
-        is_stream = False
-        loop = self._loop
-        blocked = self._blocked
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal is_stream
-            if message["type"] == "http.response.start":
-                is_stream = any(
-                    name.lower() == b"content-type" and value.startswith(b"text/event-stream")
-                    for name, value in message.get("headers", ())
-                )
-                if is_stream:
-                    release_request_thread()
-                await send(message)
-                return
-            if not is_stream:
-                await send(message)
-                return
-            task = asyncio.current_task()
-            assert task is not None and loop is not None
-            blocked[task] = loop.time()
-            try:
-                await send(message)
-            finally:
-                blocked.pop(task, None)
+        assert self._loop is not None
+        guarded_send = GuardedSend(send, self._blocked, self._loop)
 
         streams: list[Any] = []
         token = open_streams.set(streams)

@@ -7,7 +7,7 @@ from contextvars import ContextVar
 from json.encoder import encode_basestring
 from typing import Any
 
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseBase, StreamingHttpResponse
 
 # The stream's first line; no blank line follows it, so clients dispatch no phantom event.
 RETRY = b"retry: 3000\n"
@@ -42,14 +42,22 @@ def encode_event(event_id: int, event_type: str, data: dict[str, Any]) -> bytes:
 open_streams: ContextVar[list[AsyncGenerator[bytes, None]] | None] = ContextVar("open_streams", default=None)
 
 
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+
+
+def sse_headers(response: HttpResponseBase, *, location: str) -> None:
+    """Set api.md's headers of an SSE response (besides its content type)."""
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    response["Location"] = location
+    response["Vary"] = "Accept"
+
+
 def sse_response(frames: AsyncGenerator[bytes, None], *, location: str) -> StreamingHttpResponse:
     """Wrap an async iterator of ready-encoded frames in a streaming response with api.md's headers."""
     registry = open_streams.get()
     if registry is not None:
         registry.append(frames)
-    response = StreamingHttpResponse(frames, content_type="text/event-stream; charset=utf-8")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    response["Location"] = location
-    response["Vary"] = "Accept"
+    response = StreamingHttpResponse(frames, content_type=SSE_CONTENT_TYPE)
+    sse_headers(response, location=location)
     return response

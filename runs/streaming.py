@@ -13,7 +13,7 @@ from moonborn_site.http import ApiError
 
 from .db import db
 from .events import Event
-from .hub import Departure, InProcessHub, OnDisconnect
+from .hub import InProcessHub, OnDisconnect
 from .services import orphan_run_fail
 from .sse import RETRY, sse_response
 
@@ -29,7 +29,6 @@ async def sse_frames(
     *,
     after: int,
     on_disconnect: OnDisconnect | None,
-    departure: Departure | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The bytes of one SSE response: `retry:` then the run's frames after `after`, live."""
     info = await hub.info(run_id)
@@ -39,7 +38,7 @@ async def sse_frames(
         prefix = b""
     else:
         prefix = RETRY
-    async with aclosing(hub.follow(run_id, after=after, on_disconnect=on_disconnect, departure=departure)) as frames:
+    async with aclosing(hub.follow(run_id, after=after, on_disconnect=on_disconnect)) as frames:
         async for chunk in frames:
             if prefix:
                 chunk, prefix = prefix + chunk, b""

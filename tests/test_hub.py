@@ -11,9 +11,9 @@ from contextlib import aclosing
 import pytest
 
 from runs.events import Event, RunError
-from runs.hub import InProcessHub, OnDisconnect, RunNotFound
+from runs.hub import Departure, InProcessHub, OnDisconnect, RunNotFound, shutdown_frame
 from runs.redis_hub import RedisHub
-from runs.sse import HEARTBEAT, encode_event
+from runs.sse import HEARTBEAT, RETRY, encode_event
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -369,3 +369,159 @@ def test_a_follower_far_behind_gets_its_frames_in_bounded_writes() -> None:
     assert len(chunks[-1]) > 2 * WRITE_LIMIT  # ...except a single frame larger than it, sent whole
     assert len(chunks) > len(run.log) // WRITE_LIMIT - 1
     assert all(chunk.startswith(b"id: ") and chunk.endswith(b"\n\n") for chunk in chunks)
+
+
+async def held(flow, go: asyncio.Event):
+    """`flow`, once `go` is set (so that a follower is waiting before the first event)."""
+    await go.wait()
+    async for event in flow:
+        yield event
+
+
+class Client:
+    """A client's end of `InProcessHub.relay`: what was written and by which task; writes can block or fail."""
+
+    def __init__(self, *, block_at: int | None = None, fail_at: int | None = None) -> None:
+        self.chunks: list[bytes] = []
+        self.writers: list[asyncio.Task | None] = []
+        self.block_at, self.fail_at = block_at, fail_at
+        self.gate = asyncio.Event()
+        self.finished = 0
+
+    async def _write(self, chunk: bytes) -> None:
+        self.writers.append(asyncio.current_task())
+        if len(self.writers) == self.block_at:
+            await self.gate.wait()  # a client that stopped reading for a while
+        if len(self.writers) == self.fail_at:
+            raise ConnectionResetError("the client is gone")
+        self.chunks.append(chunk)
+
+    def start_write(self, chunk: bytes):
+        return self._write(chunk)
+
+    async def write(self, chunk: bytes) -> None:
+        await self._write(chunk)
+
+    async def finish_write(self, rest) -> None:
+        self.finished += 1
+        await rest
+
+    def relay(self, hub, run_id: str, **kwargs):
+        return hub.relay(
+            run_id, write=self.write, start_write=self.start_write, finish_write=self.finish_write, **kwargs
+        )
+
+
+async def test_relay_writes_every_event_once_and_the_producer_writes_the_live_ones(make_hub):
+    hub = make_hub()
+    go = asyncio.Event()
+    await hub.start("run1", owner_id=1, flow=held(ticking(20, delay=0.001), go), on_disconnect=OnDisconnect.CANCEL)
+    client = Client()
+    relaying = asyncio.ensure_future(client.relay(hub, "run1", first=RETRY))
+    while not client.chunks:
+        await asyncio.sleep(0.001)
+    go.set()
+    await relaying
+    # Nothing to send at first: the stream opened at once. Then one write per event, each made by the run's task
+    # as it published the event: the follower's task slept throughout.
+    assert client.chunks == [RETRY, *frames_of(20)]
+    run_task = hub._runs["run1"].task
+    assert [writer is run_task for writer in client.writers] == [False] + [True] * 22
+    assert client.finished == 0
+
+
+async def test_relay_of_a_finished_run_is_one_write_with_the_prefix(make_hub):
+    hub = make_hub()
+    await hub.start("run1", owner_id=1, flow=ticking(6), on_disconnect=OnDisconnect.CONTINUE)
+    await hub.wait("run1")
+    client = Client()
+    await client.relay(hub, "run1", after=2, first=RETRY)
+    assert client.chunks == [RETRY + b"".join(frames_of(6)[2:])]
+
+
+async def test_relay_finishes_a_blocked_write_in_the_follower_and_loses_nothing(make_hub):
+    hub = make_hub()
+    await hub.start("run1", owner_id=1, flow=ticking(40, delay=0.002), on_disconnect=OnDisconnect.CANCEL)
+    client = Client(block_at=5)
+    relaying = asyncio.ensure_future(client.relay(hub, "run1"))
+    while len(client.writers) < 5:
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.03)  # the run goes on while the client does not read
+    assert not relaying.done()
+    client.gate.set()
+    await relaying
+    assert b"".join(client.chunks) == b"".join(frames_of(40))
+    assert client.finished == 1  # the blocked write, begun by the run's task, ended in the follower's
+    assert await hub.info("run1") == (1, True, 42, Event("completed", {"messageId": "msg_1"}))
+
+
+async def test_relay_raises_a_failed_write_and_the_run_it_alone_followed_is_cancelled(make_hub):
+    hub = make_hub()
+    cleanup: list[str] = []
+    go = asyncio.Event()
+    flow = held(ticking(1000, delay=0.002, cleanup=cleanup), go)
+    await hub.start("run1", owner_id=1, flow=flow, on_disconnect=OnDisconnect.CANCEL)
+    client = Client(fail_at=4)
+    relaying = asyncio.ensure_future(client.relay(hub, "run1"))
+    while not hub._runs["run1"].pushers:  # the follower is caught up and waiting
+        await asyncio.sleep(0.001)
+    go.set()
+    with pytest.raises(ConnectionResetError, match="the client is gone"):
+        await relaying
+    assert client.chunks == frames_of(1000)[:3]
+    await hub.wait("run1")
+    assert cleanup == ["cancelled"]
+    assert (await hub.info("run1")).terminal.data["code"] == "cancelled"
+
+
+async def test_relay_leaves_at_once_when_the_client_departs(make_hub):
+    hub = make_hub()
+    await hub.start("run1", owner_id=1, flow=ticking(10, delay=3600), on_disconnect=OnDisconnect.CONTINUE)
+    client, departure = Client(), Departure()
+    relaying = asyncio.ensure_future(client.relay(hub, "run1", departure=departure))
+    while not client.chunks:
+        await asyncio.sleep(0.001)
+    departure.set()
+    await relaying
+    assert client.chunks == frames_of(10)[:1]
+    # `continue`: the run goes on without its follower.
+    assert not (await hub.info("run1")).done
+    await hub.cancel("run1")
+
+
+async def test_relay_heartbeats_only_while_quiet(make_hub):
+    hub = make_hub(heartbeat=0.05)
+
+    async def slow():
+        yield Event("message.started", {})
+        await asyncio.sleep(0.18)
+        for i in range(30):  # ten times as many events as heartbeat periods: none of them is followed by one
+            await asyncio.sleep(0.005)
+            yield Event("token", {"delta": str(i)})
+        yield Event("completed", {})
+
+    await hub.start("run1", owner_id=1, flow=slow(), on_disconnect=OnDisconnect.CONTINUE)
+    client = Client()
+    await client.relay(hub, "run1")
+    body = b"".join(client.chunks)
+    started = encode_event(1, "message.started", {})
+    tokens = b"".join(encode_event(i + 2, "token", {"delta": str(i)}) for i in range(30))
+    assert body.startswith(started + HEARTBEAT)
+    assert body.endswith(HEARTBEAT + tokens + encode_event(32, "completed", {}))
+    assert body.count(HEARTBEAT) in (2, 3)
+
+
+async def test_relay_is_released_at_shutdown_with_the_last_id_and_the_run_finishes(make_hub):
+    hub = make_hub()
+    await hub.start("run1", owner_id=1, flow=ticking(30, delay=0.005), on_disconnect=OnDisconnect.CANCEL)
+    client = Client()
+    relaying = asyncio.ensure_future(client.relay(hub, "run1"))
+    while len(client.chunks) < 3:
+        await asyncio.sleep(0.001)
+    hub.begin_shutdown()
+    await relaying
+    body = b"".join(client.chunks)
+    last_id = body.count(b"\n\n") - 1
+    assert body == b"".join(frames_of(30)[:last_id]) + shutdown_frame(last_id)
+    await hub.drain(within=5)
+    assert (await hub.info("run1")).terminal == Event("completed", {"messageId": "msg_1"})

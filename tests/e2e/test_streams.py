@@ -91,6 +91,34 @@ def test_chat_stream_is_the_exact_event_sequence_and_deltas_equal_the_stored_rep
     assert stored[1]["driftThreshold"] == completed["driftThreshold"]
 
 
+def test_the_fast_path_answers_with_the_headers_and_wire_of_the_django_view(server):
+    """An API-key stream is served on ASGI directly; with an Idempotency-Key the Django view serves it."""
+    session_id = make_session(server, make_persona(server))
+    answers = []
+    for extra in ({}, {"Idempotency-Key": "the-django-view"}):
+        with (
+            server.client() as client,
+            client.stream(
+                "POST",
+                f"/v1/chat/sessions/{session_id}/messages",
+                json={"content": "Walk me through your morning."},
+                headers={**SSE, **extra},
+            ) as response,
+        ):
+            body = response.read()
+        events, _ = parse_wire(body)
+        headers = dict(response.headers)
+        headers.pop("date")
+        location = headers.pop("location")
+        assert location == f"/v1/chat/sessions/{session_id}/messages/{events[0].data['messageId']}"
+        assert body.startswith(b"retry: 3000\nid: 1\nevent: message.started\n")
+        answers.append((response.status_code, headers, [(e.id, e.event) for e in events]))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 200
+    assert answers[0][1]["content-type"] == "text/event-stream; charset=utf-8"
+    assert answers[0][1]["x-content-type-options"] == "nosniff"
+
+
 def test_httpx_sse_reads_the_same_events(server):
     session_id = make_session(server, make_persona(server))
     with server.client() as client:
