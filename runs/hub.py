@@ -462,6 +462,9 @@ class InProcessHub:
                     await write(HEARTBEAT)
                     heartbeat_at = loop.time() + self.heartbeat_seconds
         finally:
+            if pusher.rest is not None:
+                # Cancelled before it could finish a write the producer began: that write ends here, unsent.
+                pusher.rest.coro.close()
             self._left(run, policy, cancel_if_last=not run.done and not leaving_for_shutdown)
 
     async def _tick(self) -> None:

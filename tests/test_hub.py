@@ -525,3 +525,25 @@ async def test_relay_is_released_at_shutdown_with_the_last_id_and_the_run_finish
     assert body == b"".join(frames_of(30)[:last_id]) + shutdown_frame(last_id)
     await hub.drain(within=5)
     assert (await hub.info("run1")).terminal == Event("completed", {"messageId": "msg_1"})
+
+
+async def test_a_relay_cancelled_while_its_client_blocks_a_write_leaves_and_cancels_the_run(make_hub):
+    hub = make_hub()
+    cleanup: list[str] = []
+    go = asyncio.Event()
+    flow = held(ticking(1000, delay=0.002, cleanup=cleanup), go)
+    await hub.start("run1", owner_id=1, flow=flow, on_disconnect=OnDisconnect.CANCEL)
+    client = Client(block_at=5)
+    relaying = asyncio.ensure_future(client.relay(hub, "run1"))
+    while not hub._runs["run1"].pushers:  # the follower is caught up and waiting
+        await asyncio.sleep(0.001)
+    go.set()
+    while client.finished == 0:  # the blocked write has passed from the run's task to the relay's
+        await asyncio.sleep(0.001)
+    relaying.cancel()  # what the write watchdog does to a stream whose client stopped reading
+    with pytest.raises(asyncio.CancelledError):
+        await relaying
+    assert client.chunks == frames_of(1000)[:4]
+    await hub.wait("run1")
+    assert cleanup == ["cancelled"]
+    assert (await hub.info("run1")).terminal.data["code"] == "cancelled"
