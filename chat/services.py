@@ -349,13 +349,17 @@ class _TurnSql:
         )
 
     def histories(self, n: int) -> str:
-        """The last HISTORY_LIMIT messages with content of each session, oldest first."""
-        return (
-            f"SELECT session_id, role, content FROM (SELECT session_id, role, content, {self.index},"
-            f" ROW_NUMBER() OVER (PARTITION BY session_id ORDER BY {self.index} DESC) AS position"
-            f" FROM {self.message} WHERE session_id IN ({self._list(n)}) AND content <> '') recent"
-            f" WHERE position <= {HISTORY_LIMIT} ORDER BY session_id, {self.index}"
+        """The last HISTORY_LIMIT messages with content of each session, oldest first.
+
+        One LIMIT per session, read backwards along the (session, index) index: a long conversation costs its last
+        HISTORY_LIMIT rows, not all of its rows (as a window over each whole session would).
+        """
+        last = (
+            f"SELECT * FROM (SELECT session_id, role, content, {self.index} FROM {self.message}"
+            f" WHERE session_id = %s AND content <> '' ORDER BY {self.index} DESC LIMIT {HISTORY_LIMIT}) AS h{{}}"
         )
+        parts = " UNION ALL ".join(last.format(number) for number in range(n))
+        return f"SELECT session_id, role, content FROM ({parts}) AS recent ORDER BY session_id, {self.index}"
 
     def messages(self, n: int) -> str:
         columns = (

@@ -95,3 +95,33 @@ def test_one_transaction_takes_the_turns_it_can_and_refuses_the_rest_exactly_as_
     assert Message.objects.filter(session__in=[generating]).count() == 0
     assert Message.objects.count() == 2 + 6
     assert UsageRecord.objects.count() == 3
+
+
+def test_a_turn_carries_the_last_messages_with_content_of_its_own_session_only() -> None:
+    from chat.services import HISTORY_LIMIT
+
+    key_row, key = api_key_create(username="alice")
+    long_talk, short_talk = ChatSessionFactory(owner=key_row.owner), ChatSessionFactory(owner=key_row.owner)
+    said = []
+    for index in range(HISTORY_LIMIT + 25):
+        role = Message.Role.USER if index % 2 == 0 else Message.Role.ASSISTANT
+        # Every seventh reply ended empty (cancelled before its first token): it is no part of the history.
+        content = "" if index % 14 == 13 else f"line {index}"
+        MessageFactory(session=long_talk, index=index, role=role, content=content, status=Message.Status.COMPLETED)
+        if content:
+            said.append((str(role), content))
+    MessageFactory(session=short_talk, index=0, role=Message.Role.USER, content="Only this.")
+    MessageFactory(session=short_talk, index=1, role=Message.Role.ASSISTANT, content="And this.")
+
+    def ask(session: ChatSession) -> TurnRequest:
+        return TurnRequest(session_id=session.pk, content="Go on.", provider="demo", model="demo", key=key)
+
+    alone = message_create_turns(requests=[ask(long_talk)])[0]
+    assert isinstance(alone, tuple)
+    assert alone[1].history == tuple(said[-HISTORY_LIMIT:])
+    Message.objects.filter(pk=alone[1].assistant_message_id).update(status=Message.Status.COMPLETED)
+    together = message_create_turns(requests=[ask(short_talk), ask(long_talk)])
+    assert [outcome[1].history for outcome in together if isinstance(outcome, tuple)] == [
+        (("user", "Only this."), ("assistant", "And this.")),
+        tuple([*said, ("user", "Go on.")][-HISTORY_LIMIT:]),
+    ]
