@@ -342,13 +342,9 @@ class InProcessHub:
         when its policy is `cancel` and no other follower is left. When the server shuts down, the follower gets a
         `server_shutdown` error (the run goes on) and ends.
         """
-        run = await self._lookup(run_id)
-        if run is None:
-            raise RunNotFound(run_id)
-        policy = on_disconnect or run.on_disconnect
+        run, policy = await self._join(run_id, on_disconnect)
         position = max(0, after)
         leaving_for_shutdown = False
-        await self._joined(run)
         loop = asyncio.get_running_loop()
         heartbeat_at = loop.time() + self.heartbeat_seconds
         try:
@@ -367,15 +363,7 @@ class InProcessHub:
                     return
                 waiter: asyncio.Future[bool] = loop.create_future()
                 run.waiters.append(waiter)
-                self._sleeping[waiter] = heartbeat_at
-                if self._ticker is None or self._ticker.done() or self._ticker.get_loop() is not loop:
-                    self._ticker = loop.create_task(
-                        self._tick(), name="moonborn-heartbeats", context=contextvars.Context()
-                    )
-                try:
-                    heartbeat = await waiter
-                finally:
-                    self._sleeping.pop(waiter, None)
+                heartbeat, _ = await self._wait(waiter, heartbeat_at)
                 if heartbeat:
                     yield HEARTBEAT
                     heartbeat_at = loop.time() + self.heartbeat_seconds
@@ -402,13 +390,9 @@ class InProcessHub:
         writes; `finish_write` awaits a write that the producer began and that suspended (a slow client).
         Leaving, cancellation and shutdown are as for `follow`.
         """
-        run = await self._lookup(run_id)
-        if run is None:
-            raise RunNotFound(run_id)
-        policy = on_disconnect or run.on_disconnect
+        run, policy = await self._join(run_id, on_disconnect)
         position = max(0, after)
         leaving_for_shutdown = False
-        await self._joined(run)
         loop = asyncio.get_running_loop()
         heartbeat_at = loop.time() + self.heartbeat_seconds
         pusher = _Pusher(start_write, self._sleeping, self.heartbeat_seconds)
@@ -439,15 +423,10 @@ class InProcessHub:
                 pusher.waiter = waiter = loop.create_future()
                 pusher.position = position
                 run.pushers.append(pusher)
-                self._sleeping[waiter] = heartbeat_at
-                if self._ticker is None or self._ticker.done() or self._ticker.get_loop() is not loop:
-                    self._ticker = loop.create_task(
-                        self._tick(), name="moonborn-heartbeats", context=contextvars.Context()
-                    )
                 try:
-                    heartbeat = await waiter
+                    # Each push moved the heartbeat owed: the next one is owed from the last write.
+                    heartbeat, heartbeat_at = await self._wait(waiter, heartbeat_at)
                 finally:
-                    heartbeat_at = self._sleeping.pop(waiter, heartbeat_at)
                     pusher.waiter = None
                     if pusher in run.pushers:
                         run.pushers.remove(pusher)
@@ -466,6 +445,26 @@ class InProcessHub:
                 # Cancelled before it could finish a write the producer began: that write ends here, unsent.
                 pusher.rest.coro.close()
             self._left(run, policy, cancel_if_last=not run.done and not leaving_for_shutdown)
+
+    async def _join(self, run_id: str, on_disconnect: OnDisconnect | None) -> tuple[_Run, OnDisconnect]:
+        """The run a new follower reads, counted as followed, and the follower's disconnect policy."""
+        run = await self._lookup(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        await self._joined(run)
+        return run, on_disconnect or run.on_disconnect
+
+    async def _wait(self, waiter: "asyncio.Future[bool]", heartbeat_at: float) -> tuple[bool, float]:
+        """Await a follower's `waiter`, a heartbeat owed at `heartbeat_at`: (whether it is time for it, when owed)."""
+        loop = asyncio.get_running_loop()
+        self._sleeping[waiter] = heartbeat_at
+        if self._ticker is None or self._ticker.done() or self._ticker.get_loop() is not loop:
+            self._ticker = loop.create_task(self._tick(), name="moonborn-heartbeats", context=contextvars.Context())
+        try:
+            heartbeat = await waiter
+        finally:
+            heartbeat_at = self._sleeping.pop(waiter, heartbeat_at)
+        return heartbeat, heartbeat_at
 
     async def _tick(self) -> None:
         """Wake the followers that are owed a heartbeat (for the life of the process, from the first follower on).

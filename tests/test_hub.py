@@ -371,11 +371,21 @@ def test_a_follower_far_behind_gets_its_frames_in_bounded_writes() -> None:
     assert all(chunk.startswith(b"id: ") and chunk.endswith(b"\n\n") for chunk in chunks)
 
 
-async def held(flow, go: asyncio.Event):
-    """`flow`, once `go` is set (so that a follower is waiting before the first event)."""
-    await go.wait()
-    async for event in flow:
-        yield event
+async def relay_live(hub, client: "Client", flow, **kwargs) -> asyncio.Future:
+    """Start run `run1` from `flow` and `client`'s relay of it; the flow starts once the relay waits, caught up."""
+    go = asyncio.Event()
+
+    async def held():
+        await go.wait()
+        async for event in flow:
+            yield event
+
+    await hub.start("run1", owner_id=1, flow=held(), on_disconnect=OnDisconnect.CANCEL)
+    relaying = asyncio.ensure_future(client.relay(hub, "run1", **kwargs))
+    while not hub._runs["run1"].pushers:
+        await asyncio.sleep(0.001)
+    go.set()
+    return relaying
 
 
 class Client:
@@ -414,14 +424,8 @@ class Client:
 
 async def test_relay_writes_every_event_once_and_the_producer_writes_the_live_ones(make_hub):
     hub = make_hub()
-    go = asyncio.Event()
-    await hub.start("run1", owner_id=1, flow=held(ticking(20, delay=0.001), go), on_disconnect=OnDisconnect.CANCEL)
     client = Client()
-    relaying = asyncio.ensure_future(client.relay(hub, "run1", first=RETRY))
-    while not client.chunks:
-        await asyncio.sleep(0.001)
-    go.set()
-    await relaying
+    await (await relay_live(hub, client, ticking(20, delay=0.001), first=RETRY))
     # Nothing to send at first: the stream opened at once. Then one write per event, each made by the run's task
     # as it published the event: the follower's task slept throughout.
     assert client.chunks == [RETRY, *frames_of(20)]
@@ -458,14 +462,8 @@ async def test_relay_finishes_a_blocked_write_in_the_follower_and_loses_nothing(
 async def test_relay_raises_a_failed_write_and_the_run_it_alone_followed_is_cancelled(make_hub):
     hub = make_hub()
     cleanup: list[str] = []
-    go = asyncio.Event()
-    flow = held(ticking(1000, delay=0.002, cleanup=cleanup), go)
-    await hub.start("run1", owner_id=1, flow=flow, on_disconnect=OnDisconnect.CANCEL)
     client = Client(fail_at=4)
-    relaying = asyncio.ensure_future(client.relay(hub, "run1"))
-    while not hub._runs["run1"].pushers:  # the follower is caught up and waiting
-        await asyncio.sleep(0.001)
-    go.set()
+    relaying = await relay_live(hub, client, ticking(1000, delay=0.002, cleanup=cleanup))
     with pytest.raises(ConnectionResetError, match="the client is gone"):
         await relaying
     assert client.chunks == frames_of(1000)[:3]
@@ -530,14 +528,8 @@ async def test_relay_is_released_at_shutdown_with_the_last_id_and_the_run_finish
 async def test_a_relay_cancelled_while_its_client_blocks_a_write_leaves_and_cancels_the_run(make_hub):
     hub = make_hub()
     cleanup: list[str] = []
-    go = asyncio.Event()
-    flow = held(ticking(1000, delay=0.002, cleanup=cleanup), go)
-    await hub.start("run1", owner_id=1, flow=flow, on_disconnect=OnDisconnect.CANCEL)
     client = Client(block_at=5)
-    relaying = asyncio.ensure_future(client.relay(hub, "run1"))
-    while not hub._runs["run1"].pushers:  # the follower is caught up and waiting
-        await asyncio.sleep(0.001)
-    go.set()
+    relaying = await relay_live(hub, client, ticking(1000, delay=0.002, cleanup=cleanup))
     while client.finished == 0:  # the blocked write has passed from the run's task to the relay's
         await asyncio.sleep(0.001)
     relaying.cancel()  # what the write watchdog does to a stream whose client stopped reading
