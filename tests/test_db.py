@@ -1,0 +1,35 @@
+"""runs.db.db: sync work in a worker thread, called from async code."""
+
+import contextvars
+import threading
+
+import pytest
+from django.db import connection
+
+from runs.db import db
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+
+def _where(number: int, *, word: str) -> tuple[str, str, int, str]:
+    return threading.current_thread().name, request_id.get(), number, word
+
+
+async def test_the_call_runs_in_a_worker_thread_with_the_callers_context_and_arguments():
+    request_id.set("req-1")
+    thread, seen, number, word = await db(_where, 7, word="seven")
+    assert (seen, number, word) == ("req-1", 7, "seven")
+    assert thread != threading.current_thread().name
+    if connection.vendor == "sqlite":
+        # One thread for all SQLite work: writers queue instead of backing off on the database lock.
+        assert thread.startswith("sqlite")
+        assert (await db(_where, 1, word="one"))[0] == thread
+
+
+def _fail() -> None:
+    raise LookupError("nothing here")
+
+
+async def test_what_the_call_raises_reaches_the_caller():
+    with pytest.raises(LookupError, match="nothing here"):
+        await db(_fail)
