@@ -8,6 +8,9 @@ from django.db import connection
 
 from runs.db import db
 
+# db() hands back the worker thread's connection after each call, which needs database access.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
 
 
