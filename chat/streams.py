@@ -46,7 +46,7 @@ from runs.streaming import cancel_owned, check_capacity, resumable, serve_run, s
 from . import services
 from .models import ChatSession, Message
 from .replies import generate_reply
-from .serializers import MessageCreateSerializer
+from .serializers import MessageCreateSerializer, plain_message_content
 from .turns import get_turn_writer
 from .views import message_json, reply_json
 
@@ -179,7 +179,8 @@ async def _fast_turn(
         if not stream_wanted(request.query.get("stream"), headers.get(b"accept", "")):
             return None
         policy = disconnect_policy(request.query.get("on_disconnect"), OnDisconnect.CANCEL)
-        content = validate(MessageCreateSerializer, parse_json_object(body))["content"]
+        data = parse_json_object(body)
+        content = plain_message_content(data) or validate(MessageCreateSerializer, data)["content"]
         owner_id = await _key_owner(key)
         if owner_id is None:
             return None

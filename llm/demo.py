@@ -159,7 +159,7 @@ def iter_chat_reply(context: Mapping[str, Any], n_tokens: int) -> Iterator[str]:
     catchphrases = [str(x) for x in persona.get("catchphrases", []) if str(x).strip()]
     seed = _seed(str(persona.get("id", "")), user_message, str(context.get("turn", 0)))
     echo = _echo(user_message, seed)
-    order = sorted(range(len(lines)), key=lambda i: _seed(str(seed), str(i)))
+    order: list[int] = []
     count = len(lines) + 2 if catchphrases else len(lines) + 1
 
     def sentence(i: int) -> str:
@@ -167,6 +167,9 @@ def iter_chat_reply(context: Mapping[str, Any], n_tokens: int) -> Iterator[str]:
         if i == 0:
             return f"*tilts head* {echo.capitalize()}, you say?"
         if i <= len(lines):
+            if not order:
+                # Shuffled once the first sentence is out, not before the first token.
+                order.extend(sorted(range(len(lines)), key=lambda i: _seed(str(seed), str(i))))
             return re.sub(r"^\*[^*]+\*\s*", "", lines[order[i - 1]])
         return catchphrases[seed % len(catchphrases)]
 

@@ -2,6 +2,7 @@
 
 import functools
 import json
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, cast, overload
@@ -64,7 +65,15 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise ApiError(400, f"Malformed JSON: {exc}.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"The request body must be a JSON object, not {type(data).__name__}.")
+    if all(type(value) in _SCALARS and type(key) is str and _snake_key(key) for key, value in data.items()):
+        # What underscoreize returns for it, without its regular expression per key (a stream's start pays it).
+        return data
     return underscoreize(data)
+
+
+# A key that underscoreize leaves as it is (no capitals, no digits), and the values it does not descend into.
+_snake_key = re.compile(r"[a-z_]+").fullmatch
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 # One unbound instance per serializer class and thread. Building a serializer deep-copies its declared fields

@@ -210,9 +210,15 @@ class _Run:
             self.terminal = terminal
             if self.on_done is not None:
                 self.on_done(self)
-        if self.pushers:
+        pushers = self.pushers
+        if pushers:
             event_id, last = len(self.ends), self.done
-            self.pushers = [pusher for pusher in self.pushers if pusher.push(frame, event_id, last)]
+            if len(pushers) == 1:
+                # The usual case (one client per stream): no list made per event.
+                if not pushers[0].push(frame, event_id, last):
+                    self.pushers = []
+            else:
+                self.pushers = [pusher for pusher in pushers if pusher.push(frame, event_id, last)]
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if not waiter.done():

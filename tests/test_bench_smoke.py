@@ -4,6 +4,10 @@ Moonborn's chat streams work, and no token is lost or duplicated. Speed is not c
 import asyncio
 import json
 import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +131,16 @@ def test_bench_smoke_idle_streams_are_held_and_measured():
     assert report.rss_open_kib > 0
     # Gaps are measured (events every 200 ms); the bound only catches a stream that stalled.
     assert 0.15 < report.worst_gap_s < 5.0
+
+
+def test_bench_smoke_starts_in_process():
+    made = subprocess.run(
+        [sys.executable, "bench/starts.py", "-n", "20", "--rounds", "1"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    (line,) = made.stdout.splitlines()
+    assert re.fullmatch(r"0 \S+: 20 starts · loop CPU \d+ µs each · first frame p50 \d+ ms, p99 \d+ ms", line), line
