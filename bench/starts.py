@@ -32,10 +32,13 @@ def measure(key: str, sessions: list[str]) -> dict[str, Any]:
     """In this process (Django set up from the environment): start one stream per session at once."""
     import uvloop
 
+    from bench.loadgen import percentiles
     from moonborn_site.asgi import application
     from runs.hub import get_hub
 
-    async def start(session_id: str, began: float, seen: dict[str, float], gone: asyncio.Event) -> None:
+    everyone = asyncio.Event()  # set when every stream expected has written its first frame
+
+    async def start(session_id: str, began: float, seen: dict[str, float], gone: asyncio.Event, wanted: int) -> None:
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -71,28 +74,35 @@ def measure(key: str, sessions: list[str]) -> dict[str, Any]:
                 raise RuntimeError(f"status {message['status']}")
             if b"event: message.started" in message.get("body", b"") and session_id not in seen:
                 seen[session_id] = time.perf_counter() - began
+                if len(seen) == wanted:
+                    everyone.set()
 
         await application(scope, receive, send)
+
+    async def until_started(tasks: list["asyncio.Future[None]"]) -> None:
+        """Wait until every stream has written its first frame; raise what a request that ended first raised."""
+        # Woken once, when the last stream has started (not polling: that would be loop time of its own).
+        all_started = asyncio.ensure_future(everyone.wait())
+        done, _ = await asyncio.wait([all_started, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if all_started not in done:
+            all_started.cancel()
+            ended = done.pop()
+            raise ended.exception() or RuntimeError("a request ended before its stream started")
+        everyone.clear()
 
     async def burst() -> dict[str, Any]:
         warm_gone = asyncio.Event()
         warm: dict[str, float] = {}
-        warming = asyncio.ensure_future(start(sessions[0], time.perf_counter(), warm, warm_gone))
-        while not warm:
-            await asyncio.sleep(0.01)
+        warming = asyncio.ensure_future(start(sessions[0], time.perf_counter(), warm, warm_gone, 1))
+        await until_started([warming])
         warm_gone.set()
         await warming
         await asyncio.sleep(0.5)
         seen: dict[str, float] = {}
         gone = asyncio.Event()
         cpu, began = time.thread_time(), time.perf_counter()
-        tasks = [asyncio.ensure_future(start(s, began, seen, gone)) for s in sessions[1:]]
-        while len(seen) < len(tasks):
-            if any(task.done() for task in tasks):
-                for task in tasks:
-                    if task.done() and task.exception():
-                        raise task.exception()  # type: ignore[misc]
-            await asyncio.sleep(0.001)
+        tasks = [asyncio.ensure_future(start(s, began, seen, gone, len(sessions) - 1)) for s in sessions[1:]]
+        await until_started(tasks)
         cpu, wall = time.thread_time() - cpu, time.perf_counter() - began
         # The clients leave: every run is cancelled and stores its (empty) reply before the process ends.
         gone.set()
@@ -100,13 +110,13 @@ def measure(key: str, sessions: list[str]) -> dict[str, Any]:
         hub = get_hub()
         while hub.local_run_ids():
             await asyncio.sleep(0.05)
-        times = sorted(seen.values())
+        first = percentiles([seconds * 1000 for seconds in seen.values()])
         return {
-            "starts": len(times),
-            "loop_cpu_us_per_start": cpu / len(times) * 1e6,
+            "starts": len(seen),
+            "loop_cpu_us_per_start": cpu / len(seen) * 1e6,
             "wall_ms": wall * 1000,
-            "first_frame_p50_ms": times[len(times) // 2] * 1000,
-            "first_frame_p99_ms": times[max(0, int(len(times) * 0.99) - 1)] * 1000,
+            "first_frame_p50_ms": first["p50"],
+            "first_frame_p99_ms": first["p99"],
         }
 
     return uvloop.run(burst())

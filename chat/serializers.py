@@ -12,8 +12,12 @@ class SessionCreateSerializer(serializers.Serializer):
     title = StrictCharField(required=False, allow_blank=True, max_length=200, default="")
 
 
+# A message's length in characters (api.md: 1..8000); the serializer and `plain_message_content` both check it.
+MESSAGE_MAX_CHARS = 8000
+
+
 class MessageCreateSerializer(serializers.Serializer):
-    content = StrictCharField(min_length=1, max_length=8000, trim_whitespace=False)
+    content = StrictCharField(min_length=1, max_length=MESSAGE_MAX_CHARS, trim_whitespace=False)
 
     def validate_content(self, value: str) -> str:
         if not value.strip():
@@ -28,7 +32,12 @@ def plain_message_content(data: dict[str, Any]) -> str | None:
     start than running the serializer). None leaves the verdict, and any error message, to the serializer.
     """
     content = data.get("content")
-    if type(content) is not str or not 1 <= len(content) <= 8000 or "\x00" in content or not content.strip():
+    if (
+        type(content) is not str
+        or not 1 <= len(content) <= MESSAGE_MAX_CHARS
+        or "\x00" in content
+        or not content.strip()
+    ):
         return None
     try:
         content.encode("utf-8")  # refuses a lone surrogate, as the serializer does

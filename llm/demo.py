@@ -169,7 +169,7 @@ def iter_chat_reply(context: Mapping[str, Any], n_tokens: int) -> Iterator[str]:
         if i <= len(lines):
             if not order:
                 # Shuffled once the first sentence is out, not before the first token.
-                order.extend(sorted(range(len(lines)), key=lambda i: _seed(str(seed), str(i))))
+                order.extend(sorted(range(len(lines)), key=lambda line: _seed(str(seed), str(line))))
             return re.sub(r"^\*[^*]+\*\s*", "", lines[order[i - 1]])
         return catchphrases[seed % len(catchphrases)]
 

@@ -3,7 +3,7 @@
 The part after the prefix is a ULID (48 bits of milliseconds, 80 random bits) in lower-case Crockford base32, and
 ids made in one process only grow: within a millisecond the next is the last plus one, as in the ULID spec's
 monotonic mode. Made here rather than with python-ulid's objects: a turn of a thousand streams makes two thousand
-message ids in the database thread, and an object per id cost ~12 µs of it, this ~1.5 µs.
+message ids in the database thread, and an object per id cost ~12 µs of it, this ~2.5 µs.
 """
 
 import os
@@ -22,7 +22,7 @@ def _next_ulid() -> int:
     global _last
     millis = time.time_ns() // 1_000_000
     with _lock:
-        if millis == _last >> 80 or millis < _last >> 80:
+        if millis <= _last >> 80:
             # The same millisecond (or a clock stepped back): one more than the last keeps the order.
             value = _last + 1
         else:
