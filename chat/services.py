@@ -166,8 +166,6 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
             return outcomes
         cursor.execute(sql.sessions(len(wanted)), wanted)
         sessions = {row[0]: row[1:] for row in cursor.fetchall()}
-        cursor.execute(sql.states(len(wanted)), [Message.Status.STREAMING, *wanted])
-        states = {sid: (last, streaming) for sid, last, streaming in cursor.fetchall()}
         taken: dict[str, tuple[int, int]] = {}  # session id → (request number, the user message's index)
         for number, (request, owner_id) in enumerate(zip(requests, owners, strict=True)):
             if owner_id is None:
@@ -176,13 +174,12 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
             if found is None or found[0] != owner_id:
                 outcomes[number] = ChatSession.DoesNotExist(f"No chat session {request.session_id}.")
                 continue
-            persona_id, persona_status = found[1], found[3]
-            last, streaming = states.get(request.session_id, (None, 0))
+            persona_id, persona_status, last, last_status = found[1], found[3], found[6], found[7]
             if persona_status != Persona.Status.READY:
                 outcomes[number] = ChatConflict(
                     f"Persona {persona_id} is {persona_status}; chats need a ready persona."
                 )
-            elif streaming or request.session_id in taken:
+            elif last_status == Message.Status.STREAMING or request.session_id in taken:
                 outcomes[number] = ChatConflict(
                     "A reply is still being generated in this session; wait for it or cancel it."
                 )
@@ -218,7 +215,7 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
         request = requests[number]
         owner_id = owners[number]
         assert owner_id is not None
-        _, persona_id, persona_name, _, persona_version, embedding_model = sessions[request.session_id]
+        _, persona_id, persona_name, _, persona_version, embedding_model, *_ = sessions[request.session_id]
         voice = persona_voice(persona_id=persona_id, updated_at=persona_version)
         bleed = [
             (pid, version)
@@ -337,15 +334,18 @@ class _TurnSql:
         )
 
     def sessions(self, n: int) -> str:
-        return (
-            f"SELECT s.id, s.owner_id, p.id, p.name, p.status, p.updated_at, p.embedding_model FROM {self.session} s"
-            f" JOIN {self.persona} p ON p.id = s.persona_id WHERE s.id IN ({self._list(n)}){self.lock}"
-        )
+        """Each session with its persona, and the index and status of its last message (NULL for a new session).
 
-    def states(self, n: int) -> str:
+        The last message is found backwards along the (session, index) index: a long conversation costs no more
+        than a short one (an aggregate over the session's messages cost ~0.4 ms per thousand, per turn). Its status
+        tells whether a reply is streaming, since the only streaming message a session can have is its last: a turn
+        adds a user message and a streaming reply at the end, and no turn is taken while a reply streams.
+        """
+        last = f"SELECT m.{{}} FROM {self.message} m WHERE m.session_id = s.id ORDER BY m.{self.index} DESC LIMIT 1"
         return (
-            f"SELECT session_id, MAX({self.index}), SUM(CASE WHEN status = %s THEN 1 ELSE 0 END)"
-            f" FROM {self.message} WHERE session_id IN ({self._list(n)}) GROUP BY session_id"
+            f"SELECT s.id, s.owner_id, p.id, p.name, p.status, p.updated_at, p.embedding_model,"
+            f" ({last.format(self.index)}), ({last.format('status')}) FROM {self.session} s"
+            f" JOIN {self.persona} p ON p.id = s.persona_id WHERE s.id IN ({self._list(n)}){self.lock}"
         )
 
     def histories(self, n: int) -> str:

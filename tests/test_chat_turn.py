@@ -125,3 +125,33 @@ def test_a_turn_carries_the_last_messages_with_content_of_its_own_session_only()
         (("user", "Only this."), ("assistant", "And this.")),
         tuple([*said, ("user", "Go on.")][-HISTORY_LIMIT:]),
     ]
+
+
+def test_a_turn_goes_after_the_last_message_and_waits_while_the_last_reply_streams() -> None:
+    key_row, key = api_key_create(username="alice")
+    session = ChatSessionFactory(owner=key_row.owner)
+    # Indexes need not be dense (a deleted message leaves a hole): the next turn follows the highest.
+    for index in (0, 1, 2, 7):
+        role = Message.Role.USER if index % 2 == 0 else Message.Role.ASSISTANT
+        MessageFactory(session=session, index=index, role=role, status=Message.Status.COMPLETED)
+
+    def ask() -> TurnRequest:
+        return TurnRequest(session_id=session.pk, content="Go on.", provider="demo", model="demo", key=key)
+
+    (first,) = message_create_turns(requests=[ask()])
+    assert isinstance(first, tuple) and first[1].turn == 4
+    assert list(Message.objects.filter(session=session).values_list("index", "status"))[-2:] == [
+        (8, "completed"),
+        (9, "streaming"),
+    ]
+    (refused,) = message_create_turns(requests=[ask()])
+    assert isinstance(refused, ChatConflict) and "still being generated" in str(refused)
+    assert Message.objects.filter(session=session).count() == 6
+
+    Message.objects.filter(pk=first[1].assistant_message_id).update(status=Message.Status.CANCELLED)
+    (second,) = message_create_turns(requests=[ask()])
+    assert isinstance(second, tuple) and second[1].turn == 5
+    assert list(Message.objects.filter(session=session).values_list("index", "status"))[-2:] == [
+        (10, "completed"),
+        (11, "streaming"),
+    ]
