@@ -10,6 +10,9 @@ from django.utils import timezone
 from .keys import generate_key, hash_key
 from .models import ApiKey, IdempotencyKey, UsageRecord
 
+# A key's last use is written at most this often: authentication is on every request's path.
+KEY_USE_PRECISION = timedelta(seconds=60)
+
 
 @transaction.atomic
 def api_key_create(*, username: str, name: str = "") -> tuple[ApiKey, str]:
@@ -39,8 +42,7 @@ def api_key_authenticate(*, key: str) -> AbstractBaseUser | None:
     if api_key is None:
         return None
     now = timezone.now()
-    # Write at most once a minute per key: authentication is on every request's path.
-    if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
+    if api_key.last_used_at is None or now - api_key.last_used_at > KEY_USE_PRECISION:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
     return api_key.owner
 

@@ -4,7 +4,7 @@ import base64
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from accounts.keys import hash_key, prefix_of
 from accounts.models import ApiKey, UsageRecord
+from accounts.services import KEY_USE_PRECISION
 from moonborn_site.ids import new_message_id
 from personas.models import Persona, PersonaStep
 
@@ -245,16 +246,19 @@ def _owners(cursor: Any, sql: "_TurnSql", requests: list[TurnRequest], now: date
     """Each request's owner: its `owner_id`, or the owner of its key if that is an active one (else None)."""
     digests = [hash_key(r.key) if r.owner_id is None and prefix_of(r.key) is not None else "" for r in requests]
     asked = sorted({digest for digest in digests if digest})
-    found: dict[str, tuple[int, int]] = {}
+    owner_of: dict[str, int] = {}
     if asked:
-        cursor.execute(sql.keys(len(asked)), asked)
-        found = {digest: (int(key_id), int(owner_id)) for digest, key_id, owner_id in cursor.fetchall()}
-    if found:
         adapt = connection.ops.adapt_datetimefield_value
-        used = sorted(key_id for key_id, _ in found.values())
-        cursor.execute(sql.keys_used(len(used)), [adapt(now), *used, adapt(now - timedelta(seconds=60))])
+        cursor.execute(sql.keys(len(asked)), [adapt(now - KEY_USE_PRECISION), *asked])
+        stale = []
+        for digest, key_id, owner_id, last_use_stale in cursor.fetchall():
+            owner_of[digest] = int(owner_id)
+            if last_use_stale:
+                stale.append(int(key_id))
+        if stale:
+            cursor.execute(sql.keys_used(len(stale)), [adapt(now), *sorted(stale)])
     return [
-        r.owner_id if r.owner_id is not None else (found[d][1] if d in found else None)
+        r.owner_id if r.owner_id is not None else owner_of.get(d) if d else None
         for r, d in zip(requests, digests, strict=True)
     ]
 
@@ -321,17 +325,15 @@ class _TurnSql:
         return ", ".join(["%s"] * n)
 
     def keys(self, n: int) -> str:
+        """The active keys among n hashes, with whether their last use is older than the first parameter."""
         return (
-            f"SELECT k.key_hash, k.id, k.owner_id FROM {self.key} k JOIN {self.user} u ON u.id = k.owner_id"
+            "SELECT k.key_hash, k.id, k.owner_id, CASE WHEN k.last_used_at IS NULL OR k.last_used_at < %s"
+            f" THEN 1 ELSE 0 END FROM {self.key} k JOIN {self.user} u ON u.id = k.owner_id"
             f" WHERE k.key_hash IN ({self._list(n)}) AND k.revoked_at IS NULL AND u.is_active"
         )
 
     def keys_used(self, n: int) -> str:
-        # Written at most once a minute per key: authentication is on every request's path.
-        return (
-            f"UPDATE {self.key} SET last_used_at = %s WHERE id IN ({self._list(n)})"
-            " AND (last_used_at IS NULL OR last_used_at < %s)"
-        )
+        return f"UPDATE {self.key} SET last_used_at = %s WHERE id IN ({self._list(n)})"
 
     def sessions(self, n: int) -> str:
         """Each session with its persona, and the index and status of its last message (NULL for a new session).

@@ -1,8 +1,12 @@
 """Starting a turn: what the reply job carries from its persona, read once per persona version."""
 
-import pytest
+from datetime import datetime, timedelta
 
-from accounts.models import UsageRecord
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from accounts.models import ApiKey, UsageRecord
 from accounts.services import api_key_create, api_key_revoke
 from chat.models import ChatSession, Message
 from chat.services import ChatConflict, ReplyJob, TurnRequest, message_create_turn, message_create_turns
@@ -155,3 +159,37 @@ def test_a_turn_goes_after_the_last_message_and_waits_while_the_last_reply_strea
         (10, "completed"),
         (11, "streaming"),
     ]
+
+
+def test_a_turn_records_when_its_key_was_last_used_at_most_once_a_minute() -> None:
+    key_row, key = api_key_create(username="alice")
+    other_row, other_key = api_key_create(username="bob")
+    sessions = [ChatSessionFactory(owner=key_row.owner) for _ in range(4)]
+    bobs = ChatSessionFactory(owner=other_row.owner)
+
+    def ask(session: ChatSession, key: str = key) -> TurnRequest:
+        return TurnRequest(session_id=session.pk, content="Hello.", provider="demo", model="demo", key=key)
+
+    def last_used(row: ApiKey) -> datetime | None:
+        row.refresh_from_db()
+        return row.last_used_at
+
+    def key_writes(*requests: TurnRequest) -> int:
+        with CaptureQueriesContext(connection) as queries:
+            message_create_turns(requests=list(requests))
+        return sum(q["sql"].startswith(f"UPDATE {connection.ops.quote_name('accounts_apikey')}") for q in queries)
+
+    assert last_used(key_row) is None
+    assert key_writes(ask(sessions[0])) == 1
+    first = last_used(key_row)
+    assert first is not None
+    assert last_used(other_row) is None  # only the keys that were used
+    # Within the minute the key is not written again, nor is a statement run for it.
+    assert key_writes(ask(sessions[1])) == 0
+    assert key_writes(ask(sessions[2]), ask(bobs, other_key)) == 1  # bob's key alone
+    assert last_used(key_row) == first
+    assert last_used(other_row) is not None
+    ApiKey.objects.filter(pk=key_row.pk).update(last_used_at=first - timedelta(seconds=61))
+    assert key_writes(ask(sessions[3])) == 1
+    again = last_used(key_row)
+    assert again is not None and again > first
