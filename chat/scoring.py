@@ -115,8 +115,10 @@ class EmbeddingQueue:
         self._waiting: deque[tuple[str, Future[Part]]] = deque()
         self._busy = False
         self._thread: threading.Thread | None = None
-        # Replies streaming now (counted on the event loop by StreamingEmbedding).
+        # Replies streaming now (counted on the event loop by StreamingEmbedding), and whether that is few enough
+        # to embed ahead: worked out when the count changes, so that no token reads the setting.
         self.streaming = 0
+        self._few = True
 
     def idle(self) -> bool:
         """Whether the worker has nothing to do (so work submitted now starts at once)."""
@@ -130,7 +132,12 @@ class EmbeddingQueue:
         busy with replies that may be minutes from their end (or cancelled); at their end their chunks are batched
         with everyone else's instead.
         """
-        return self.streaming <= settings.MOONBORN_EMBED_AHEAD_MAX_REPLIES and self.idle()
+        return self._few and self.idle()
+
+    def count_streaming(self, change: int) -> None:
+        """Count a reply that starts (+1) or stops (-1) streaming."""
+        self.streaming += change
+        self._few = self.streaming <= settings.MOONBORN_EMBED_AHEAD_MAX_REPLIES
 
     def submit(self, chunks: list[str]) -> list[Future[Part]]:
         futures: list[Future[Part]] = [Future() for _ in chunks]
@@ -194,12 +201,12 @@ class StreamingEmbedding:
         self._cut = 0
         self._futures: list[Future[Part]] = []
         self._streaming = True
-        queue.streaming += 1
+        queue.count_streaming(+1)
 
     def _ended(self) -> None:
         if self._streaming:
             self._streaming = False
-            self._queue.streaming -= 1
+            self._queue.count_streaming(-1)
 
     def feed(self, delta: str) -> None:
         """Note that `delta` was appended to the text."""
