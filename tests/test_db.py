@@ -1,5 +1,6 @@
 """runs.db.db: sync work in a worker thread, called from async code."""
 
+import asyncio
 import contextvars
 import threading
 
@@ -27,6 +28,14 @@ async def test_the_call_runs_in_a_worker_thread_with_the_callers_context_and_arg
         # One thread for all SQLite work: writers queue instead of backing off on the database lock.
         assert thread.startswith("sqlite")
         assert (await db(_where, 1, word="one"))[0] == thread
+
+
+async def test_concurrent_calls_each_take_their_own_context():
+    async def call(value: str) -> str:
+        request_id.set(value)
+        return (await db(_where, 0, word=value))[1]
+
+    assert await asyncio.gather(*(call(v) for v in ("a", "b", "c"))) == ["a", "b", "c"]
 
 
 def _fail() -> None:
