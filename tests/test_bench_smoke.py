@@ -133,29 +133,26 @@ def test_bench_smoke_idle_streams_are_held_and_measured():
     assert 0.15 < report.worst_gap_s < 5.0
 
 
-def test_bench_smoke_starts_in_process():
+def run_bench(script: str, *args: str) -> list[str]:
+    """Run a bench/ script to the end; its output lines."""
     made = subprocess.run(
-        [sys.executable, "bench/starts.py", "-n", "20", "--rounds", "1"],
+        [sys.executable, f"bench/{script}", *args],
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert made.returncode == 0, made.stderr[-2000:]
-    (line,) = made.stdout.splitlines()
+    return made.stdout.splitlines()
+
+
+def test_bench_smoke_starts_in_process():
+    (line,) = run_bench("starts.py", "-n", "20", "--rounds", "1")
     assert re.fullmatch(r"0 \S+: 20 starts · loop CPU \d+ µs each · first frame p50 \d+ ms, p99 \d+ ms", line), line
 
 
 def test_bench_smoke_turns_by_conversation_length():
-    made = subprocess.run(
-        [sys.executable, "bench/turns.py", "--lengths", "0,60", "--turns", "15"],
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert made.returncode == 0, made.stderr[-2000:]
-    head, *rows = made.stdout.splitlines()
+    head, *rows = run_bench("turns.py", "--lengths", "0,60", "--turns", "15")
     assert head.endswith(": one turn's database work (ms) by messages already in the session"), head
     found = [re.fullmatch(r" +(\d+) messages: p50 \d+\.\d{3} · p90 \d+\.\d{3}", row) for row in rows]
     assert [match[1] if match else row for match, row in zip(found, rows, strict=True)] == ["0", "60"]

@@ -7,13 +7,14 @@ measure of rows visited, unlike a timing. This file is not in the PostgreSQL run
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import factory
 import pytest
 from django.db import connection
 
 from accounts.services import api_key_create
 from chat.models import ChatSession, Message
 from chat.services import TurnRequest, message_create_turns
-from tests.factories import ChatSessionFactory
+from tests.factories import ChatSessionFactory, MessageFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -38,16 +39,11 @@ def counting_instructions() -> Iterator[list[int]]:
 
 
 def talk(session: ChatSession, turns: int) -> None:
-    Message.objects.bulk_create(
-        Message(
-            session=session,
-            index=index,
-            role=Message.Role.USER if index % 2 == 0 else Message.Role.ASSISTANT,
-            content=f"line {index}",
-            status=Message.Status.COMPLETED,
-        )
-        for index in range(2 * turns)
+    roles = factory.Iterator([Message.Role.USER, Message.Role.ASSISTANT])
+    messages = MessageFactory.build_batch(
+        2 * turns, session=session, index=factory.Iterator(range(2 * turns)), role=roles
     )
+    Message.objects.bulk_create(messages)
 
 
 def test_a_turn_in_a_long_conversation_visits_as_many_rows_as_in_a_short_one() -> None:
