@@ -6,6 +6,7 @@ import threading
 
 import pytest
 from django.db import connection
+from django.db.utils import ConnectionHandler
 
 from runs.db import db
 
@@ -36,6 +37,26 @@ async def test_concurrent_calls_each_take_their_own_context():
         return (await db(_where, 0, word=value))[1]
 
     assert await asyncio.gather(*(call(v) for v in ("a", "b", "c"))) == ["a", "b", "c"]
+
+
+async def test_calls_from_new_contexts_make_no_connection_objects_on_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each request and each run has a context of its own, and `connections[...]` in a new context makes a new
+    # connection object (~50 µs): the event loop must not, just to pick the thread.
+    await db(_where, 0, word="first")
+    made: list[str] = []
+    create = ConnectionHandler.create_connection
+
+    def counted(self: ConnectionHandler, alias: str) -> object:
+        made.append(threading.current_thread().name)
+        return create(self, alias)
+
+    monkeypatch.setattr(ConnectionHandler, "create_connection", counted)
+    loop = asyncio.get_running_loop()
+    for number in range(5):
+        await loop.create_task(db(_where, number, word="again"), context=contextvars.Context())
+    assert threading.current_thread().name not in made
 
 
 def _fail() -> None:
