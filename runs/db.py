@@ -39,38 +39,29 @@ def _call_and_close(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         _release_connections()
 
 
-_sqlite_thread: ThreadPoolExecutor | None = None
-# Whether the database is SQLite, found out once: `connections["default"]` in a new context (each request's, each
-# run's) makes a new connection object, ~50 µs of the event loop's time for a question whose answer never changes.
-_on_sqlite: bool | None = None
+# The wrapper that runs a call in its worker thread, made on first use: the database's vendor decides the thread and
+# never changes. Asking `connections["default"]` on every call would make a new connection object on the event loop
+# in each new context (each request's, each run's: ~50 µs), and building a SyncToAsync costs ~9 µs.
+_run_in_thread: Callable[..., Awaitable[Any]] | None = None
 
 
-def _executor() -> ThreadPoolExecutor | None:
-    """One thread for all the work on a SQLite database; None (the loop's pool) for a database server.
+def _wrapper() -> Callable[..., Awaitable[Any]]:
+    """`_call_and_close` for async callers: in one thread for all the work on a SQLite database, in the loop's pool
+    for a database server.
 
     SQLite takes one writer at a time, and a writer that finds it taken sleeps and retries (for up to 100 ms
     a time): under load, writes from several threads wait on each other far longer than they take. In one
     thread they simply queue, and that thread keeps its connection.
     """
-    global _sqlite_thread, _on_sqlite
-    if _on_sqlite is None:
-        _on_sqlite = connections["default"].vendor == "sqlite"
-    if not _on_sqlite:
-        return None
-    if _sqlite_thread is None:
-        _sqlite_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-    return _sqlite_thread
-
-
-# One wrapper per executor, made once: building a SyncToAsync costs ~9 µs, which every call would otherwise pay.
-_wrapped: dict[ThreadPoolExecutor | None, Callable[..., Awaitable[Any]]] = {}
+    global _run_in_thread
+    if _run_in_thread is None:
+        sqlite = connections["default"].vendor == "sqlite"
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite") if sqlite else None
+        _run_in_thread = sync_to_async(_call_and_close, thread_sensitive=False, executor=executor)
+    return _run_in_thread
 
 
 async def db(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
     """Call a sync service function in a worker thread and give its connection back afterwards."""
-    executor = _executor()
-    call = _wrapped.get(executor)
-    if call is None:
-        call = _wrapped[executor] = sync_to_async(_call_and_close, thread_sensitive=False, executor=executor)
-    result: R = await call(fn, *args, **kwargs)
+    result: R = await _wrapper()(fn, *args, **kwargs)
     return result
