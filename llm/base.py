@@ -76,6 +76,62 @@ def count_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4) if text else 0
 
 
+class _DeltaDeadline:
+    """The deadline of the next delta: moved at every delta for the cost of a float, not of a timer.
+
+    `asyncio.timeout_at` around each wait arms and disarms a loop timer and builds a context manager per delta:
+    ~6 µs of event loop per token (bench/provider_deadline.py), more than the rest of a bare stream's work. Here
+    one timer per stream stands; when it fires before the deadline (the deadline moved on), it sets itself again
+    for the deadline. It cancels the task only when the deadline has passed while that task waits on the upstream
+    (`waiting`), never while the consumer has the delta, and `expired()` tells that cancellation apart from any
+    other, as `asyncio.Timeout` does.
+    """
+
+    __slots__ = ("_loop", "_task", "_handle", "_cancelling", "when", "waiting", "fired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._task: asyncio.Task[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._cancelling = 0
+        self.when = 0.0
+        self.waiting = False
+        self.fired = False
+
+    def wait_until(self, when: float) -> None:
+        """Note that the current task waits for the upstream until `when`."""
+        task = self._task = asyncio.current_task()
+        self._cancelling = task.cancelling() if task is not None else 0
+        self.when = when
+        self.waiting = True
+        if self._handle is None:
+            self._handle = self._loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        if not self.waiting or self._task is None:
+            return  # the consumer has a delta: `wait_until` sets the timer again at the next wait
+        if self._loop.time() < self.when:
+            self._handle = self._loop.call_at(self.when, self._check)
+            return
+        self.fired = True
+        self._task.cancel()
+
+    def expired(self) -> bool:
+        """After a CancelledError out of the wait: whether it was this deadline's (then it is spent)."""
+        if not self.fired:
+            return False
+        self.fired = False
+        assert self._task is not None
+        return self._task.uncancel() <= self._cancelling
+
+    def close(self) -> None:
+        self.waiting = False
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 async def resilient_stream(
     open_attempt: Callable[[], AsyncGenerator[str, None]],
     *,
@@ -92,33 +148,45 @@ async def resilient_stream(
     an `aclose()` closes the upstream response at once.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_seconds
+    deadline = _DeltaDeadline(loop)
+    first_by = loop.time() + limit_seconds
     attempt = 0
     started = False
-    while True:
-        gen = open_attempt()
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(deadline if not started else loop.time() + limit_seconds):
+    try:
+        while True:
+            gen = open_attempt()
+            try:
+                while True:
+                    deadline.wait_until(loop.time() + limit_seconds if started else first_by)
+                    try:
                         delta = await anext(gen)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    waited = "its first token" if not started else "the next token"
-                    raise ProviderTimeout(
-                        f"The model provider did not send {waited} within {limit_seconds:g} seconds.", retryable=True
-                    ) from None
-                started = True
-                yield delta
-        except ProviderError as exc:
-            if started or not exc.retryable or isinstance(exc, ProviderTimeout) or attempt >= retries:
-                raise
-            pause = backoff * 2**attempt
-            if loop.time() + pause >= deadline:
-                # No time left for another try: this error says more than a timeout would.
-                raise
-        finally:
-            await gen.aclose()
-        attempt += 1
-        await asyncio.sleep(pause)
+                    except StopAsyncIteration:
+                        return
+                    except asyncio.CancelledError:
+                        if not deadline.expired():
+                            raise
+                        waited = "its first token" if not started else "the next token"
+                        raise ProviderTimeout(
+                            f"The model provider did not send {waited} within {limit_seconds:g} seconds.",
+                            retryable=True,
+                        ) from None
+                    finally:
+                        deadline.waiting = False
+                        if deadline.fired:
+                            # The upstream's generator swallowed the cancellation: take it back all the same.
+                            deadline.expired()
+                    started = True
+                    yield delta
+            except ProviderError as exc:
+                if started or not exc.retryable or isinstance(exc, ProviderTimeout) or attempt >= retries:
+                    raise
+                pause = backoff * 2**attempt
+                if loop.time() + pause >= first_by:
+                    # No time left for another try: this error says more than a timeout would.
+                    raise
+            finally:
+                await gen.aclose()
+            attempt += 1
+            await asyncio.sleep(pause)
+    finally:
+        deadline.close()

@@ -156,3 +156,12 @@ def test_bench_smoke_turns_by_conversation_length():
     assert head.endswith(": one turn's database work (ms) by messages already in the session"), head
     found = [re.fullmatch(r" +(\d+) messages: p50 \d+\.\d{3} · p90 \d+\.\d{3}", row) for row in rows]
     assert [match[1] if match else row for match, row in zip(found, rows, strict=True)] == ["0", "60"]
+
+
+def test_bench_smoke_provider_deadline():
+    lines = run_bench("provider_deadline.py", "--rounds", "1", "--streams", "20", "--deltas", "5", "--delay-ms", "1")
+    ways = ("bare", "timeout_at", "resilient_stream")
+    assert [re.sub(r"\d+\.\d\d", "N", line) for line in lines] == [
+        *(f"0 {way}: N µs of loop CPU per delta" for way in ways),
+        *(f"median {way}: N µs per delta" for way in ways),
+    ]
