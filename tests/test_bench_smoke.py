@@ -165,3 +165,24 @@ def test_bench_smoke_provider_deadline():
         *(f"0 {way}: N µs of loop CPU per delta" for way in ways),
         *(f"median {way}: N µs per delta" for way in ways),
     ]
+
+
+def test_bench_smoke_timeline_of_simultaneous_streams():
+    lines = run_bench("timeline.py", "--rounds", "1", "-n", "12", "--tokens", "6", "--delay-ms", "5")
+    spread = r"p50 +\d+\.\d · p90 +\d+\.\d · p99 +\d+\.\d · max +\d+\.\d ms"
+    patterns = [
+        rf"0 client start: {spread}",
+        rf"0 server entry: {spread}",
+        rf"0 entry → headers: {spread}",
+        rf"0 headers → first token: {spread}",
+        rf"0 client first token: {spread}",
+        # 12 streams of 6 tokens: 5 gaps each, every one of them counted.
+        r"0 jitter p99 -?\d+\.\d ms · \d+ of 60 gaps over 25 ms late",
+        r"0 late gaps by 100 ms, client: (none|(\d+\.\ds:\d+/\d+ ?)+)",
+        r"0 late gaps by 100 ms, server: (none|(\d+\.\ds:\d+/\d+ ?)+)",
+        r"0 the server wrote 72 tokens to 12 streams",
+        r"0 collections: \d+ · longest \d+\.\d ms · sum \d+\.\d ms",
+    ]
+    assert len(lines) == len(patterns), lines
+    for pattern, line in zip(patterns, lines, strict=True):
+        assert re.fullmatch(pattern, line), (pattern, line)
