@@ -80,7 +80,7 @@ class _DeltaDeadline:
     """The deadline of the next delta: moved at every delta for the cost of a float, not of a timer.
 
     `asyncio.timeout_at` around each wait arms and disarms a loop timer and builds a context manager per delta:
-    ~6 µs of event loop per token (bench/provider_deadline.py), more than the rest of a bare stream's work. Here
+    5–10 µs of event loop per token (bench/provider_deadline.py), about what the rest of a bare stream costs. Here
     one timer per stream stands; when it fires before the deadline (the deadline moved on), it sets itself again
     for the deadline. It cancels the task only when the deadline has passed while that task waits on the upstream
     (`waiting`), never while the consumer has the delta, and `expired()` tells that cancellation apart from any
