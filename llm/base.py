@@ -83,50 +83,57 @@ class _DeltaDeadline:
     5–10 µs of event loop per token (bench/provider_deadline.py), about what the rest of a bare stream costs. Here
     one timer per stream stands; when it fires before the deadline (the deadline moved on), it sets itself again
     for the deadline. It cancels the task only when the deadline has passed while that task waits on the upstream
-    (`waiting`), never while the consumer has the delta, and `expired()` tells that cancellation apart from any
-    other, as `asyncio.Timeout` does.
+    (between `wait_until` and `stop_waiting`), never while the consumer has the delta, and `expired()` tells that
+    cancellation apart from any other, as `asyncio.Timeout` does.
     """
 
-    __slots__ = ("_loop", "_task", "_handle", "_cancelling", "when", "waiting", "fired")
+    __slots__ = ("_loop", "_task", "_handle", "_cancelling", "_when", "_waiting", "_fired")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._task: asyncio.Task[Any] | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._cancelling = 0
-        self.when = 0.0
-        self.waiting = False
-        self.fired = False
+        self._when = 0.0
+        self._waiting = False
+        self._fired = False
 
     def wait_until(self, when: float) -> None:
         """Note that the current task waits for the upstream until `when`."""
         task = self._task = asyncio.current_task()
         self._cancelling = task.cancelling() if task is not None else 0
-        self.when = when
-        self.waiting = True
+        self._when = when
+        self._waiting = True
         if self._handle is None:
             self._handle = self._loop.call_at(when, self._check)
 
+    def stop_waiting(self) -> None:
+        """Note that the wait is over: a delta, the end or an error came."""
+        self._waiting = False
+        if self._fired:
+            # The upstream's generator swallowed the cancellation: take it back all the same.
+            self.expired()
+
     def _check(self) -> None:
         self._handle = None
-        if not self.waiting or self._task is None:
+        if not self._waiting or self._task is None:
             return  # the consumer has a delta: `wait_until` sets the timer again at the next wait
-        if self._loop.time() < self.when:
-            self._handle = self._loop.call_at(self.when, self._check)
+        if self._loop.time() < self._when:
+            self._handle = self._loop.call_at(self._when, self._check)
             return
-        self.fired = True
+        self._fired = True
         self._task.cancel()
 
     def expired(self) -> bool:
         """After a CancelledError out of the wait: whether it was this deadline's (then it is spent)."""
-        if not self.fired:
+        if not self._fired:
             return False
-        self.fired = False
+        self._fired = False
         assert self._task is not None
         return self._task.uncancel() <= self._cancelling
 
     def close(self) -> None:
-        self.waiting = False
+        self._waiting = False
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -171,10 +178,7 @@ async def resilient_stream(
                             retryable=True,
                         ) from None
                     finally:
-                        deadline.waiting = False
-                        if deadline.fired:
-                            # The upstream's generator swallowed the cancellation: take it back all the same.
-                            deadline.expired()
+                        deadline.stop_waiting()
                     started = True
                     yield delta
             except ProviderError as exc:
