@@ -1,16 +1,19 @@
 """Writes for chat sessions and messages."""
 
 import base64
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from accounts.keys import hash_key, prefix_of
 from accounts.models import ApiKey, UsageRecord
@@ -166,7 +169,7 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
         if not wanted:
             return outcomes
         cursor.execute(sql.sessions(len(wanted)), wanted)
-        sessions = {row[0]: row[1:] for row in cursor.fetchall()}
+        sessions = {row[0]: tuple(row[1:]) for row in sql.rows(cursor, datetimes=(5,))}
         taken: dict[str, tuple[int, int]] = {}  # session id → (request number, the user message's index)
         for number, (request, owner_id) in enumerate(zip(requests, owners, strict=True)):
             if owner_id is None:
@@ -191,7 +194,7 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
         ids = list(taken)
         cursor.execute(sql.histories(len(ids)), ids)
         histories: dict[str, list[tuple[str, str]]] = {sid: [] for sid in ids}
-        for sid, role, text in cursor.fetchall():
+        for sid, role, text, _ in sorted(sql.rows(cursor), key=itemgetter(3)):
             histories[sid].append((str(role), str(text)))
         empty = Message._meta.get_field("drift_components").get_db_prep_save({}, connection)
         made = []  # (request number, user message id, reply id, index)
@@ -210,7 +213,8 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
         owner_ids = sorted({owner for owner in (owners[number] for number, *_ in made) if owner is not None})
         cursor.execute(sql.others(len(owner_ids)), [Persona.Status.READY, *owner_ids])
         others: dict[int, list[tuple[str, Any, str]]] = {}
-        for owner_id, persona_id, version, embedding_model in cursor.fetchall():
+        newest_first = sorted(sql.rows(cursor, datetimes=(2, 4)), key=itemgetter(4), reverse=True)
+        for owner_id, persona_id, version, embedding_model, _ in newest_first:
             others.setdefault(int(owner_id), []).append((persona_id, version, embedding_model))
     for number, user_id, reply_id, index in made:
         request = requests[number]
@@ -251,7 +255,7 @@ def _owners(cursor: Any, sql: "_TurnSql", requests: list[TurnRequest], now: date
         adapt = connection.ops.adapt_datetimefield_value
         cursor.execute(sql.keys(len(asked)), [adapt(now - KEY_USE_PRECISION), *asked])
         stale = []
-        for digest, key_id, owner_id, last_use_stale in cursor.fetchall():
+        for digest, key_id, owner_id, last_use_stale in sql.rows(cursor):
             owner_of[digest] = int(owner_id)
             if last_use_stale:
                 stale.append(int(key_id))
@@ -274,8 +278,14 @@ def _insert_usage(
         + (UsageRecord.Status.RUNNING, at)
         for number, _, reply_id, _ in made
     ]
+    values = [value for row in rows for value in row]
+    if sql.one_row:
+        # RETURNING would step (and hand the GIL back and forth) once per row; one read of the ids instead.
+        cursor.execute(sql.usage(len(rows), returning=False), values)
+        cursor.execute(sql.usage_ids(len(rows)), [reply_id for _, _, reply_id, _ in made])
+        return {str(run_id): int(usage_id) for run_id, usage_id in sql.rows(cursor)}
     if connection.features.can_return_rows_from_bulk_insert:
-        cursor.execute(sql.usage(len(rows), returning=True), [value for row in rows for value in row])
+        cursor.execute(sql.usage(len(rows), returning=True), values)
         return {str(run_id): int(usage_id) for run_id, usage_id in cursor.fetchall()}
     ids = {}
     for row in rows:
@@ -299,6 +309,12 @@ class _TurnSql:
         self.index = q("index")
         # Only the session rows are locked (PostgreSQL): one turn at a time per session, any number per persona.
         self.lock = " FOR UPDATE OF s" if connection.features.has_select_for_update_of else ""
+        # On SQLite the reads of a batch answer one row of JSON, not a row per session. Python's sqlite3 lets go
+        # of the GIL for every row it steps, and the worker thread must then win it back from the event loop: while
+        # the loop is busy, that takes up to a switch interval (5 ms) each time. A batch of 256 turns took 120-220
+        # ms that way while a thousand streams started, against 17 ms alone (bench/RESULTS.md, fifth session).
+        # A database server sends the rows at once, so there they stay rows.
+        self.one_row = connection.vendor == "sqlite"
 
         self.session_drift = (
             f"SELECT s.id, s.drift_ewma, s.drift_streak FROM {self.session} s"
@@ -321,12 +337,31 @@ class _TurnSql:
     def _list(n: int) -> str:
         return ", ".join(["%s"] * n)
 
+    def _select(self, columns: str, rest: str) -> str:
+        """`SELECT columns rest`, read with `rows()`. Columns of text, integers or datetimes only (JSON's types)."""
+        if self.one_row:
+            return f"SELECT json_group_array(json_array({columns})) {rest}"
+        return f"SELECT {columns} {rest}"
+
+    def rows(self, cursor: Any, *, datetimes: tuple[int, ...] = ()) -> list[list[Any]]:
+        """The rows of the `_select` just executed, in no particular order, as its cursor would have given them."""
+        if not self.one_row:
+            return [list(row) for row in cursor.fetchall()]
+        (text,) = cursor.fetchone()
+        rows: list[list[Any]] = json.loads(text)
+        for row in rows:
+            for column in datetimes:
+                if row[column] is not None:
+                    # As Django's converter for a `datetime` column reads the stored text.
+                    row[column] = parse_datetime(row[column])
+        return rows
+
     def keys(self, n: int) -> str:
         """The active keys among n hashes, with whether their last use is older than the first parameter."""
-        return (
-            "SELECT k.key_hash, k.id, k.owner_id, CASE WHEN k.last_used_at IS NULL OR k.last_used_at < %s"
-            f" THEN 1 ELSE 0 END FROM {self.key} k JOIN {self.user} u ON u.id = k.owner_id"
-            f" WHERE k.key_hash IN ({self._list(n)}) AND k.revoked_at IS NULL AND u.is_active"
+        return self._select(
+            "k.key_hash, k.id, k.owner_id, CASE WHEN k.last_used_at IS NULL OR k.last_used_at < %s THEN 1 ELSE 0 END",
+            f"FROM {self.key} k JOIN {self.user} u ON u.id = k.owner_id"
+            f" WHERE k.key_hash IN ({self._list(n)}) AND k.revoked_at IS NULL AND u.is_active",
         )
 
     def keys_used(self, n: int) -> str:
@@ -342,14 +377,15 @@ class _TurnSql:
         streams.
         """
         last = f"SELECT m.{{}} FROM {self.message} m WHERE m.session_id = s.id ORDER BY m.{self.index} DESC LIMIT 1"
-        return (
-            f"SELECT s.id, s.owner_id, p.id, p.name, p.status, p.updated_at, p.embedding_model,"
-            f" ({last.format(self.index)}), ({last.format('status')}) FROM {self.session} s"
-            f" JOIN {self.persona} p ON p.id = s.persona_id WHERE s.id IN ({self._list(n)}){self.lock}"
+        return self._select(
+            "s.id, s.owner_id, p.id, p.name, p.status, p.updated_at, p.embedding_model,"
+            f" ({last.format(self.index)}), ({last.format('status')})",
+            f"FROM {self.session} s JOIN {self.persona} p ON p.id = s.persona_id"
+            f" WHERE s.id IN ({self._list(n)}){self.lock}",
         )
 
     def histories(self, n: int) -> str:
-        """The last HISTORY_LIMIT messages with content of each session, oldest first.
+        """The last HISTORY_LIMIT messages with content of each session, with their index to put them in order.
 
         One LIMIT per session, read backwards along the (session, index) index: a long conversation costs its last
         HISTORY_LIMIT rows, not all of its rows (as a window over each whole session would).
@@ -359,7 +395,7 @@ class _TurnSql:
             f" WHERE session_id = %s AND content <> '' ORDER BY {self.index} DESC LIMIT {HISTORY_LIMIT}) AS h{{}}"
         )
         parts = " UNION ALL ".join(last.format(number) for number in range(n))
-        return f"SELECT session_id, role, content FROM ({parts}) AS recent ORDER BY session_id, {self.index}"
+        return self._select(f"session_id, role, content, {self.index}", f"FROM ({parts}) AS recent")
 
     def messages(self, n: int) -> str:
         columns = (
@@ -376,6 +412,9 @@ class _TurnSql:
             " completion_tokens, status, started_at) VALUES " + ", ".join([row] * n)
         ) + (" RETURNING run_id, id" if returning else "")
 
+    def usage_ids(self, n: int) -> str:
+        return self._select("run_id, id", f"FROM {self.usage_table} WHERE run_id IN ({self._list(n)})")
+
     def progress(self, n: int) -> str:
         """Set `content` of n messages still streaming, from (id, content) rows, in one statement."""
         rows = ", ".join(["(%s, %s)"] * n)
@@ -388,10 +427,10 @@ class _TurnSql:
         return f"UPDATE {self.session} SET updated_at = %s WHERE id IN ({self._list(n)})"
 
     def others(self, n: int) -> str:
-        """The ready personas with anchor vectors of these owners, newest first (for the bleed component)."""
-        return (
-            f"SELECT owner_id, id, updated_at, embedding_model FROM {self.persona} WHERE status = %s"
-            f" AND owner_id IN ({self._list(n)}) AND LENGTH(anchor_vectors) > 0 ORDER BY created_at DESC"
+        """The ready personas with anchor vectors of these owners, and when each was made (for the bleed component)."""
+        return self._select(
+            "owner_id, id, updated_at, embedding_model, created_at",
+            f"FROM {self.persona} WHERE status = %s AND owner_id IN ({self._list(n)}) AND LENGTH(anchor_vectors) > 0",
         )
 
 

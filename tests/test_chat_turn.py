@@ -1,7 +1,8 @@
 """Starting a turn: what the reply job carries from its persona, read once per persona version."""
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -193,3 +194,24 @@ def test_a_turn_records_when_its_key_was_last_used_at_most_once_a_minute() -> No
     assert key_writes(ask(sessions[3])) == 1
     again = last_used(key_row)
     assert again is not None and again > first
+
+
+def test_a_turn_compares_with_the_owners_newest_other_personas_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat import services
+
+    key_row, key = api_key_create(username="alice")
+    owner = key_row.owner
+    session = ChatSessionFactory(owner=owner, persona__owner=owner)
+    made = datetime(2026, 1, 1, tzinfo=UTC)
+    # Other personas whose anchors all point along one axis each: their centroid tells which persona it is.
+    for axis, days in ((1, 3), (2, 1), (3, 2), (4, 4)):
+        vectors = np.zeros((2, 384), dtype=np.float32)
+        vectors[:, axis] = 1.0
+        other = PersonaFactory(owner=owner, drift_anchors=["a", "b"], anchor_vectors=vectors.tobytes())
+        Persona.objects.filter(pk=other.pk).update(created_at=made + timedelta(days=days))
+    monkeypatch.setattr(services, "BLEED_PERSONAS_LIMIT", 3)
+    request = TurnRequest(session_id=session.pk, content="Hello.", provider="demo", model="demo", key=key)
+    (outcome,) = message_create_turns(requests=[request])
+    assert isinstance(outcome, tuple)
+    centroids = np.frombuffer(outcome[1].other_centroids, dtype=np.float32).reshape(-1, 384)
+    assert list(centroids.argmax(axis=1)) == [4, 1, 3]

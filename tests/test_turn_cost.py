@@ -14,7 +14,7 @@ from django.db import connection
 from accounts.services import api_key_create
 from chat.models import ChatSession, Message
 from chat.services import TurnRequest, message_create_turns
-from tests.factories import ChatSessionFactory, MessageFactory
+from tests.factories import ChatSessionFactory, MessageFactory, PersonaFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -67,3 +67,39 @@ def test_a_turn_in_a_long_conversation_visits_as_many_rows_as_in_a_short_one() -
     # conversation's 4,000 messages would add tens of thousands of instructions.
     assert short_cost > 0
     assert long_cost < short_cost * 1.2, (short_cost, long_cost)
+
+
+def test_a_batch_of_turns_reads_one_row_per_statement_however_many_turns_it_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Python's sqlite3 lets go of the GIL for every row it steps, and under load each row then waits for the event
+    # loop to hand the GIL back: a batch's reads must not cost a row per turn (chat.services._TurnSql).
+    from django.db.backends.sqlite3.base import SQLiteCursorWrapper
+
+    key_row, key = api_key_create(username="alice")
+    personas = PersonaFactory.create_batch(4, owner=key_row.owner, drift_anchors=["a"], anchor_vectors=bytes(4 * 384))
+    sessions = [ChatSessionFactory(persona=personas[number % 4]) for number in range(25)]
+    for session in sessions:
+        talk(session, 3)
+
+    def batch(part: list[ChatSession]) -> list[object]:
+        requests = [
+            TurnRequest(session_id=s.pk, content="Go on.", provider="demo", model="demo", key=key) for s in part
+        ]
+        return list(message_create_turns(requests=requests))
+
+    batch(sessions[:5])  # the process's caches of the personas and centroids are filled, the key's last use written
+    fetched: list[int] = []
+    for name in ("fetchone", "fetchmany", "fetchall"):
+        real = getattr(SQLiteCursorWrapper, name)
+
+        def counted(self: SQLiteCursorWrapper, *args: object, _real: object = real) -> object:
+            rows = _real(self, *args)  # type: ignore[operator]
+            fetched.append(0 if rows is None else 1 if isinstance(rows, tuple) else len(rows))
+            return rows
+
+        monkeypatch.setattr(SQLiteCursorWrapper, name, counted)
+    outcomes = batch(sessions[5:])
+    assert len([outcome for outcome in outcomes if isinstance(outcome, tuple)]) == 20
+    # The key, the sessions, their histories, the usage records' ids, the owner's other personas.
+    assert fetched == [1, 1, 1, 1, 1]
