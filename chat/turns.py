@@ -2,13 +2,14 @@
 
 A process asked for a thousand replies at once would otherwise run a thousand transactions, each in a worker
 thread of its own, contending for the database (SQLite has one writer at a time and backs off by sleeping). Here
-one task takes every turn that is waiting, stores them in one `db()` call (a refused turn changes nothing), and
-hands each request its outcome while the next batch is being stored. A lone request pays nothing extra: it is
-taken at once.
+one `db()` call takes every turn that is waiting and stores them in one transaction (a refused turn changes
+nothing), then the turns that arrived meanwhile in the next, while the event loop hands each request of the batch
+before its outcome. A lone request pays nothing extra: it is taken at once.
 """
 
 import asyncio
 import logging
+from collections import deque
 
 from runs.db import db
 
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 TurnRefusals = (ChatSession.DoesNotExist, ChatConflict)
 # At most this many turns in one transaction, so that its lock is held for milliseconds.
 BATCH_LIMIT = 256
+# At most this many batches in one call to the database thread, so that other database work waits for no more.
+DRAIN_BATCHES = 4
 # The requests of a batch resume this many at a time, each group in a turn of the event loop of its own: the
 # streams already running get their tokens out in between instead of waiting for a whole batch's starts.
 RESUME_GROUP = 16
@@ -37,7 +40,8 @@ class TurnWriter:
     """Store the turns of this process's streamed requests in shared transactions, one batch at a time."""
 
     def __init__(self) -> None:
-        self._waiting: list[tuple[TurnRequest, asyncio.Future[TurnOutcome]]] = []
+        # Appended to on the event loop, taken from in the database thread: a deque's append and popleft are atomic.
+        self._waiting: deque[tuple[TurnRequest, asyncio.Future[TurnOutcome]]] = deque()
         self._task: asyncio.Task[None] | None = None
         # Batches written whose requests are still being resumed.
         self._resuming: set[asyncio.Task[None]] = set()
@@ -58,31 +62,37 @@ class TurnWriter:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiting:
-            batch = self._waiting[:BATCH_LIMIT]
-            del self._waiting[:BATCH_LIMIT]
-            outcomes = await self._write([request for request, _ in batch])
+            await db(self._drain, loop)
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """In the database thread: write the waiting turns, batch after batch, handing each batch to the loop.
+
+        The thread goes on to the next batch while the loop resumes the last one's requests. When a thousand
+        requests arrive at once, the loop is slow to take a result and send the next batch out (20-70 ms each
+        time, bench/RESULTS.md, fifth session), and every request waiting had been waiting on that too.
+        """
+        for _ in range(DRAIN_BATCHES):  # then other database work queued meanwhile gets its turn
+            batch: list[tuple[TurnRequest, asyncio.Future[TurnOutcome]]] = []
+            while self._waiting and len(batch) < BATCH_LIMIT:
+                batch.append(self._waiting.popleft())
+            if not batch:
+                return
+            outcomes = _write([request for request, _ in batch])
             self.batches += 1
             self.turns += len(batch)
-            # The next batch goes to the database while this one's requests resume on the event loop: when a
-            # thousand arrive at once, the last no longer waits for every earlier batch's starts as well.
-            resume = loop.create_task(self._resume(batch, outcomes), name="moonborn-turns-resume")
-            self._resuming.add(resume)
-            resume.add_done_callback(self._resuming.discard)
-
-    async def _write(self, requests: list[TurnRequest]) -> list[TurnOutcome | BaseException]:
-        try:
-            return list(await db(message_create_turns, requests=requests))
-        except Exception as exc:
-            if len(requests) == 1:
-                return [exc]
-        # One request must not fail the others: each on its own, then.
-        outcomes: list[TurnOutcome | BaseException] = []
-        for request in requests:
             try:
-                outcomes += await db(message_create_turns, requests=[request])
-            except Exception as alone:
-                outcomes.append(alone)
-        return outcomes
+                loop.call_soon_threadsafe(self._resume_soon, batch, outcomes)
+            except RuntimeError:  # the loop is closed: the server stopped, and the next start recovers the rows
+                logger.warning("%d turns were stored after the event loop closed", len(batch))
+
+    def _resume_soon(
+        self,
+        batch: list[tuple[TurnRequest, asyncio.Future[TurnOutcome]]],
+        outcomes: list[TurnOutcome | BaseException],
+    ) -> None:
+        resume = asyncio.get_running_loop().create_task(self._resume(batch, outcomes), name="moonborn-turns-resume")
+        self._resuming.add(resume)
+        resume.add_done_callback(self._resuming.discard)
 
     async def _resume(
         self,
@@ -101,6 +111,22 @@ class TurnWriter:
                 # Its request was cancelled while waiting (the server is stopping): no run will produce this
                 # reply, so it ends now, empty, instead of blocking its session as `streaming`.
                 await _abandon(outcome[1])
+
+
+def _write(requests: list[TurnRequest]) -> list[TurnOutcome | BaseException]:
+    try:
+        return list(message_create_turns(requests=requests))
+    except Exception as exc:
+        if len(requests) == 1:
+            return [exc]
+    # One request must not fail the others: each on its own, then.
+    outcomes: list[TurnOutcome | BaseException] = []
+    for request in requests:
+        try:
+            outcomes += message_create_turns(requests=[request])
+        except Exception as alone:
+            outcomes.append(alone)
+    return outcomes
 
 
 async def _abandon(job: ReplyJob) -> None:
