@@ -3,8 +3,8 @@
 A process asked for a thousand replies at once would otherwise run a thousand transactions, each in a worker
 thread of its own, contending for the database (SQLite has one writer at a time and backs off by sleeping). Here
 one `db()` call takes every turn that is waiting and stores them in one transaction (a refused turn changes
-nothing), then the turns that arrived meanwhile in the next, while the event loop hands each request of the batch
-before its outcome. A lone request pays nothing extra: it is taken at once.
+nothing), then the turns that arrived meanwhile in the next, while the event loop hands the requests of the
+batch before their outcomes. A lone request pays nothing extra: it is taken at once.
 """
 
 import asyncio
