@@ -167,6 +167,16 @@ def test_bench_smoke_provider_deadline():
     ]
 
 
+def test_bench_smoke_sqlite_reads_under_a_busy_thread():
+    lines = run_bench("sqlite_gil.py", "--rows", "40", "--reads", "2")
+    ways = [
+        f"40 rows, {way}, {when}: N ms (max N)"
+        for when in ("alone", "with a busy thread")
+        for way in ("a row at a time", "one row of JSON")
+    ]
+    assert [re.sub(r"median +\d+\.\d\d ms \(max +\d+\.\d\d\)", "N ms (max N)", line) for line in lines] == ways
+
+
 def test_bench_smoke_timeline_of_simultaneous_streams():
     lines = run_bench("timeline.py", "--rounds", "1", "-n", "12", "--tokens", "6", "--delay-ms", "5")
     spread = r"p50 +\d+\.\d · p90 +\d+\.\d · p99 +\d+\.\d · max +\d+\.\d ms"
