@@ -11,6 +11,8 @@ import asyncio
 import logging
 from collections import deque
 
+from django.db import close_old_connections
+
 from runs.db import db
 
 from .models import ChatSession
@@ -68,7 +70,7 @@ class TurnWriter:
         """In the database thread: write the waiting turns, batch after batch, handing each batch to the loop.
 
         The thread goes on to the next batch while the loop resumes the last one's requests. When a thousand
-        requests arrive at once, the loop is slow to take a result and send the next batch out (20-70 ms each
+        requests arrive at once, the loop is slow to take a result and send the next batch out (up to ~50 ms each
         time, bench/RESULTS.md, fifth session), and every request waiting had been waiting on that too.
         """
         for _ in range(DRAIN_BATCHES):  # then other database work queued meanwhile gets its turn
@@ -117,6 +119,8 @@ def _write(requests: list[TurnRequest]) -> list[TurnOutcome | BaseException]:
     try:
         return list(message_create_turns(requests=requests))
     except Exception as exc:
+        # The next statements take a fresh connection if this one broke (db() does so between its calls).
+        close_old_connections()
         if len(requests) == 1:
             return [exc]
     # One request must not fail the others: each on its own, then.
@@ -125,6 +129,7 @@ def _write(requests: list[TurnRequest]) -> list[TurnOutcome | BaseException]:
         try:
             outcomes += message_create_turns(requests=[request])
         except Exception as alone:
+            close_old_connections()
             outcomes.append(alone)
     return outcomes
 
