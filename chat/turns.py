@@ -11,9 +11,7 @@ import asyncio
 import logging
 from collections import deque
 
-from django.db import close_old_connections
-
-from runs.db import db
+from runs.db import db, release_connections
 
 from .models import ChatSession
 from .services import (
@@ -38,13 +36,16 @@ DRAIN_BATCHES = 4
 # streams already running get their tokens out in between instead of waiting for a whole batch's starts.
 RESUME_GROUP = 16
 
+# A request's turn and the future its request awaits the outcome on.
+Waiting = tuple[TurnRequest, asyncio.Future[TurnOutcome]]
+
 
 class TurnWriter:
     """Store the turns of this process's streamed requests in shared transactions, one batch at a time."""
 
     def __init__(self) -> None:
         # Appended to on the event loop, taken from in the database thread: a deque's append and popleft are atomic.
-        self._waiting: deque[tuple[TurnRequest, asyncio.Future[TurnOutcome]]] = deque()
+        self._waiting: deque[Waiting] = deque()
         self._task: asyncio.Task[None] | None = None
         # Batches written whose requests are still being resumed.
         self._resuming: set[asyncio.Task[None]] = set()
@@ -75,7 +76,7 @@ class TurnWriter:
         time, bench/RESULTS.md, fifth session), and every request waiting had been waiting on that too.
         """
         for _ in range(DRAIN_BATCHES):  # then other database work queued meanwhile gets its turn
-            batch: list[tuple[TurnRequest, asyncio.Future[TurnOutcome]]] = []
+            batch: list[Waiting] = []
             while self._waiting and len(batch) < BATCH_LIMIT:
                 batch.append(self._waiting.popleft())
             if not batch:
@@ -90,7 +91,7 @@ class TurnWriter:
 
     def _resume_soon(
         self,
-        batch: list[tuple[TurnRequest, asyncio.Future[TurnOutcome]]],
+        batch: list[Waiting],
         outcomes: list[TurnOutcome | BaseException],
     ) -> None:
         resume = asyncio.get_running_loop().create_task(self._resume(batch, outcomes), name="moonborn-turns-resume")
@@ -99,7 +100,7 @@ class TurnWriter:
 
     async def _resume(
         self,
-        batch: list[tuple[TurnRequest, asyncio.Future[TurnOutcome]]],
+        batch: list[Waiting],
         outcomes: list[TurnOutcome | BaseException],
     ) -> None:
         for number, ((_, future), outcome) in enumerate(zip(batch, outcomes, strict=True)):
@@ -120,8 +121,8 @@ def _write(requests: list[TurnRequest]) -> list[TurnOutcome | BaseException]:
     try:
         return list(message_create_turns(requests=requests))
     except Exception as exc:
-        # The next statements take a fresh connection if this one broke (db() does so between its calls).
-        close_old_connections()
+        # The next statements take a fresh connection if this one broke, as between two db() calls.
+        release_connections()
         if len(requests) == 1:
             return [exc]
     # One request must not fail the others: each on its own, then.
@@ -130,7 +131,7 @@ def _write(requests: list[TurnRequest]) -> list[TurnOutcome | BaseException]:
         try:
             outcomes += message_create_turns(requests=[request])
         except Exception as alone:
-            close_old_connections()
+            release_connections()
             outcomes.append(alone)
     return outcomes
 

@@ -11,7 +11,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _release_connections() -> None:
+def release_connections() -> None:
     """Give back what the call used: CONN_MAX_AGE = 0, so open streams and long runs hold no connection.
 
     The exception is a file SQLite database, where a worker thread keeps its connection: there is no server
@@ -36,7 +36,7 @@ def _call_and_close(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     try:
         return fn(*args, **kwargs)
     finally:
-        _release_connections()
+        release_connections()
 
 
 # The wrapper that runs a call in its worker thread, made on first use: the database's vendor decides the thread and
