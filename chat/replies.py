@@ -83,7 +83,6 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
             drift_threshold=threshold,
             flagged=result.flagged,
             drift_components=score_record(result, job.voice.calibration),
-            usage_id=job.usage_id,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
         )
@@ -118,7 +117,6 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
                 content=text.text(),
                 status=stop_status,
                 error=error,
-                usage_id=job.usage_id,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
             )

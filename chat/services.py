@@ -4,6 +4,7 @@ import base64
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
@@ -68,8 +69,8 @@ class ReplyJob:
 
     session_id: str
     user_message_id: str
+    # Also the run id of its usage record.
     assistant_message_id: str
-    usage_id: int
     turn: int
     persona_id: str
     persona_name: str
@@ -164,12 +165,8 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
     at = connection.ops.adapt_datetimefield_value(now)
     outcomes: list[TurnOutcome] = [None] * len(requests)
     with connection.cursor() as cursor:
-        owners = _owners(cursor, sql, requests, now)
-        wanted = sorted({r.session_id for r, owner in zip(requests, owners, strict=True) if owner is not None})
-        if not wanted:
-            return outcomes
-        cursor.execute(sql.sessions(len(wanted)), wanted)
-        sessions = {row[0]: tuple(row[1:]) for row in sql.rows(cursor, datetimes=(5,))}
+        read = _read_turns(cursor, sql, requests, now)
+        owners, sessions = read.owners, read.sessions
         taken: dict[str, tuple[int, int]] = {}  # session id → (request number, the user message's index)
         for number, (request, owner_id) in enumerate(zip(requests, owners, strict=True)):
             if owner_id is None:
@@ -192,30 +189,24 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
         if not taken:
             return outcomes
         ids = list(taken)
-        cursor.execute(sql.histories(len(ids)), ids)
-        histories: dict[str, list[tuple[str, str]]] = {sid: [] for sid in ids}
-        for sid, role, text, _ in sorted(sql.rows(cursor), key=itemgetter(3)):
-            histories[sid].append((str(role), str(text)))
         empty = Message._meta.get_field("drift_components").get_db_prep_save({}, connection)
         made = []  # (request number, user message id, reply id, index)
-        rows: list[Any] = []
+        rows: list[tuple[Any, ...]] = []
         for sid, (number, index) in taken.items():
             request = requests[number]
             user_id, reply_id = new_message_id(), new_message_id()
             made.append((number, user_id, reply_id, index))
-            rows += (user_id, sid, index, Message.Role.USER, request.content, Message.Status.COMPLETED, "")
-            rows += ("", False, empty, "", at)
-            rows += (reply_id, sid, index + 1, Message.Role.ASSISTANT, "", Message.Status.STREAMING, request.model)
-            rows += ("", False, empty, "", at)
-        cursor.execute(sql.messages(2 * len(made)), rows)
-        usage_ids = _insert_usage(cursor, sql, requests, owners, made, at)
-        cursor.execute(sql.touch(len(ids)), [at, *ids])
-        owner_ids = sorted({owner for owner in (owners[number] for number, *_ in made) if owner is not None})
-        cursor.execute(sql.others(len(owner_ids)), [Persona.Status.READY, *owner_ids])
-        others: dict[int, list[tuple[str, Any, str]]] = {}
-        newest_first = sorted(sql.rows(cursor, datetimes=(2, 4)), key=itemgetter(4), reverse=True)
-        for owner_id, persona_id, version, embedding_model, _ in newest_first:
-            others.setdefault(int(owner_id), []).append((persona_id, version, embedding_model))
+            rows.append(
+                (user_id, sid, index, Message.Role.USER, request.content, Message.Status.COMPLETED, "", "", False)
+                + (empty, "", at)
+            )
+            rows.append(
+                (reply_id, sid, index + 1, Message.Role.ASSISTANT, "", Message.Status.STREAMING, request.model, "")
+                + (False, empty, "", at)
+            )
+        cursor.execute(sql.messages(len(rows)), sql.table(rows))
+        _insert_usage(cursor, sql, requests, owners, made, at)
+        cursor.execute(sql.touch(len(ids)), [at, *sql.in_list(ids)])
     for number, user_id, reply_id, index in made:
         request = requests[number]
         owner_id = owners[number]
@@ -224,7 +215,7 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
         voice = persona_voice(persona_id=persona_id, updated_at=persona_version)
         bleed = [
             (pid, version)
-            for pid, version, model in others.get(owner_id, ())
+            for pid, version, model in read.others.get(owner_id, ())
             if pid != persona_id and model == embedding_model
         ][:BLEED_PERSONAS_LIMIT]
         outcomes[number] = (
@@ -233,12 +224,11 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
                 session_id=request.session_id,
                 user_message_id=user_id,
                 assistant_message_id=reply_id,
-                usage_id=usage_ids[reply_id],
                 turn=index // 2,
                 persona_id=persona_id,
                 persona_name=persona_name,
                 voice=voice,
-                history=tuple(histories[request.session_id]),
+                history=tuple(read.histories.get(request.session_id, ())),
                 user_content=request.content,
                 other_centroids=_stacked_centroids(bleed, embedding_model),
             ),
@@ -246,22 +236,82 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
     return outcomes
 
 
-def _owners(cursor: Any, sql: "_TurnSql", requests: list[TurnRequest], now: datetime) -> list[int | None]:
-    """Each request's owner: its `owner_id`, or the owner of its key if that is an active one (else None)."""
+@dataclass
+class _TurnReads:
+    """What a batch of turns reads before it writes."""
+
+    # Each request's owner: its `owner_id`, or the owner of its key if that is an active one (else None).
+    owners: list[int | None]
+    # Session id → (owner id, persona id, name, status, updated_at, embedding model, last index, last status).
+    sessions: dict[str, tuple[Any, ...]]
+    # Session id → its last HISTORY_LIMIT (role, content) pairs with content, oldest first.
+    histories: dict[str, list[tuple[str, str]]]
+    # Owner id → their ready personas with anchor vectors, newest first: (persona id, updated_at, embedding model).
+    others: dict[int, list[tuple[str, Any, str]]]
+
+
+def _read_turns(cursor: Any, sql: "_TurnSql", requests: list[TurnRequest], now: datetime) -> _TurnReads:
+    """Read what the turns of `requests` need: keys, sessions (locked on PostgreSQL), histories, other personas.
+
+    On SQLite in one statement, which answers one row (see _TurnSql), for every session asked for. On PostgreSQL
+    as four, so that only the sessions of authenticated requests are locked, and before their histories are read.
+    """
+    adapt = connection.ops.adapt_datetimefield_value
     digests = [hash_key(r.key) if r.owner_id is None and prefix_of(r.key) is not None else "" for r in requests]
     asked = sorted({digest for digest in digests if digest})
+    stale_before = adapt(now - KEY_USE_PRECISION)
+    read = _TurnReads(owners=[], sessions={}, histories={}, others={})
+    keys: list[Any] = []
+    sessions: list[Any] = []
+    histories: list[Any] = []
+    others: list[Any] = []
+    if sql.one_row:
+        wanted = sorted({r.session_id for r in requests})
+        cursor.execute(
+            sql.turn_reads(),
+            [stale_before, *sql.in_list(asked), *sql.in_list(wanted), *sql.in_list(wanted), Persona.Status.READY]
+            + sql.in_list(wanted),
+        )
+        keys, sessions, histories, others = (json.loads(text) for text in cursor.fetchone())
+    elif asked:
+        cursor.execute(sql.keys(len(asked)), [stale_before, *asked])
+        keys = cursor.fetchall()
     owner_of: dict[str, int] = {}
-    if asked:
-        adapt = connection.ops.adapt_datetimefield_value
-        cursor.execute(sql.keys(len(asked)), [adapt(now - KEY_USE_PRECISION), *asked])
-        stale = []
-        for digest, key_id, owner_id, last_use_stale in sql.rows(cursor):
-            owner_of[digest] = int(owner_id)
-            if last_use_stale:
-                stale.append(int(key_id))
-        if stale:
-            cursor.execute(sql.keys_used(len(stale)), [adapt(now), *sorted(stale)])
-    return [r.owner_id if r.owner_id is not None else owner_of.get(d) for r, d in zip(requests, digests, strict=True)]
+    stale = []
+    for digest, key_id, owner_id, last_use_stale in keys:
+        owner_of[digest] = int(owner_id)
+        if last_use_stale:
+            stale.append(int(key_id))
+    if stale:
+        cursor.execute(sql.keys_used(len(stale)), [adapt(now), *sql.in_list(sorted(stale))])
+    read.owners = [
+        r.owner_id if r.owner_id is not None else owner_of.get(d) for r, d in zip(requests, digests, strict=True)
+    ]
+    if not sql.one_row:
+        wanted = sorted({r.session_id for r, owner in zip(requests, read.owners, strict=True) if owner is not None})
+        if not wanted:
+            return read
+        cursor.execute(sql.sessions(len(wanted)), wanted)
+        sessions = cursor.fetchall()
+        cursor.execute(sql.histories(len(wanted)), wanted)
+        histories = cursor.fetchall()
+        owner_ids = sorted({owner for owner in read.owners if owner is not None})
+        cursor.execute(sql.others(len(owner_ids)), [Persona.Status.READY, *owner_ids])
+        others = cursor.fetchall()
+    for row in sessions:
+        read.sessions[row[0]] = (*row[1:5], _datetime(row[5]), *row[6:])
+    for sid, role, text, _ in sorted(histories, key=itemgetter(3)):
+        read.histories.setdefault(sid, []).append((str(role), str(text)))
+    for owner_id, persona_id, version, embedding_model, _ in sorted(
+        others, key=lambda row: _datetime(row[4]), reverse=True
+    ):
+        read.others.setdefault(int(owner_id), []).append((persona_id, _datetime(version), embedding_model))
+    return read
+
+
+def _datetime(value: Any) -> Any:
+    """A datetime column read on SQLite, where the JSON has its stored text, parsed as Django's converter does."""
+    return parse_datetime(value) if isinstance(value, str) else value
 
 
 def _insert_usage(
@@ -271,34 +321,21 @@ def _insert_usage(
     owners: list[int | None],
     made: list[tuple[int, str, str, int]],
     at: Any,
-) -> dict[str, int]:
-    """Insert the replies' usage records; return reply id → usage record id."""
+) -> None:
+    """Insert the replies' usage records, whose run id is the reply's id (how the reply's end finds its record)."""
     rows = [
-        (owners[number], UsageRecord.Kind.CHAT, reply_id, requests[number].provider, requests[number].model)
+        (owners[number], UsageRecord.Kind.CHAT, reply_id, requests[number].provider, requests[number].model, 0, 0)
         + (UsageRecord.Status.RUNNING, at)
         for number, _, reply_id, _ in made
     ]
-    values = [value for row in rows for value in row]
-    if sql.one_row:
-        # RETURNING would step (and hand the GIL back and forth) once per row; one read of the ids instead.
-        cursor.execute(sql.usage(len(rows), returning=False), values)
-        cursor.execute(sql.usage_ids(len(rows)), [reply_id for _, _, reply_id, _ in made])
-        return {str(run_id): int(usage_id) for run_id, usage_id in sql.rows(cursor)}
-    if connection.features.can_return_rows_from_bulk_insert:
-        cursor.execute(sql.usage(len(rows), returning=True), values)
-        return {str(run_id): int(usage_id) for run_id, usage_id in cursor.fetchall()}
-    ids = {}
-    for row in rows:
-        cursor.execute(sql.usage(1, returning=False), list(row))
-        ids[str(row[2])] = int(cursor.lastrowid)
-    return ids
+    cursor.execute(sql.usage(len(rows)), sql.table(rows))
 
 
 class _TurnSql:
     """The statements of a turn and of a reply's end, in plain SQL: the ORM spends milliseconds of CPU building them.
 
     Built from the models' tables and columns, so they follow the models; `n` is how many values an `IN` list or
-    a multi-row `VALUES` has.
+    a multi-row `VALUES` has (on SQLite, whose texts do not depend on it, see `in_list`).
     """
 
     def __init__(self) -> None:
@@ -309,11 +346,12 @@ class _TurnSql:
         self.index = q("index")
         # Only the session rows are locked (PostgreSQL): one turn at a time per session, any number per persona.
         self.lock = " FOR UPDATE OF s" if connection.features.has_select_for_update_of else ""
-        # On SQLite the reads of a batch answer one row of JSON, not a row per session. Python's sqlite3 lets go
-        # of the GIL for every row it steps, and the worker thread must then win it back from the event loop: while
-        # the loop is busy, that takes up to a switch interval (5 ms) each time. A batch of 256 turns took 120-220
-        # ms that way while a thousand streams started, against 17 ms alone (bench/RESULTS.md, fifth session).
-        # A database server sends the rows at once, so there they stay rows.
+        # On SQLite a batch reads with one statement that answers one row of JSON, not a row per session. Python's
+        # sqlite3 lets go of the GIL for every row it steps (and every statement it prepares, and every statement),
+        # and the worker thread must then win it back from the event loop: while the loop is busy, that takes up to
+        # a switch interval (5 ms) each time. A batch of 256 turns took 120-220 ms that way while a thousand streams
+        # started, against 17 ms alone (bench/RESULTS.md, fifth and sixth sessions). A database server sends the
+        # rows at once, so there they stay rows, and its statements stay apart (see _read_turns).
         self.one_row = connection.vendor == "sqlite"
 
         self.session_drift = (
@@ -330,42 +368,72 @@ class _TurnSql:
         )
         self.usage_ended = (
             f"UPDATE {self.usage_table} SET status = %s, prompt_tokens = %s, completion_tokens = %s, ended_at = %s"
-            " WHERE id = %s"
+            " WHERE run_id = %s AND kind = %s"
         )
 
     @staticmethod
     def _list(n: int) -> str:
         return ", ".join(["%s"] * n)
 
+    def _in(self, n: int) -> str:
+        """`IN` n values, given by `in_list`. On SQLite one parameter, a JSON array: see `in_list`."""
+        if self.one_row:
+            return "IN (SELECT value FROM json_each(%s))"
+        return f"IN ({self._list(n)})"
+
+    def in_list(self, values: Sequence[Any]) -> list[Any]:
+        """The parameters of an `_in` list.
+
+        On SQLite one JSON array, so that a statement's text does not depend on how many turns a batch has: the
+        connection prepares it once and keeps it, where a text per size made SQLite prepare most statements again
+        (and hand the GIL over once more for it). Binding one value, Django's conversion of `%s` to `?` also no
+        longer runs over thousands of placeholders.
+        """
+        return [json.dumps(list(values), ensure_ascii=False)] if self.one_row else list(values)
+
+    def _table(self, n: int, width: int) -> str:
+        """n rows of `width` values, given by `table`, to insert: `VALUES`, or on SQLite a JSON array of rows."""
+        if self.one_row:
+            columns = ", ".join(f"json_extract(value, '$[{number}]')" for number in range(width))
+            return f"SELECT {columns} FROM json_each(%s)"
+        return "VALUES " + ", ".join(["(" + self._list(width) + ")"] * n)
+
+    def table(self, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        """The parameters of a `_table` (see `in_list`). Text, integers and booleans only, as JSON has them."""
+        if self.one_row:
+            return [json.dumps([list(row) for row in rows], ensure_ascii=False)]
+        return [value for row in rows for value in row]
+
     def _select(self, columns: str, rest: str) -> str:
-        """`SELECT columns rest`, read with `rows()`. Columns of text, integers or datetimes only (JSON's types)."""
+        """`SELECT columns rest`; on SQLite one row, a JSON array of the rows. Text, integers or datetimes only."""
         if self.one_row:
             return f"SELECT json_group_array(json_array({columns})) {rest}"
         return f"SELECT {columns} {rest}"
 
-    def rows(self, cursor: Any, *, datetimes: tuple[int, ...] = ()) -> list[list[Any]]:
-        """The rows of the `_select` just executed, in no particular order, as its cursor would have given them."""
-        if not self.one_row:
-            return [list(row) for row in cursor.fetchall()]
-        (text,) = cursor.fetchone()
-        rows: list[list[Any]] = json.loads(text)
-        for row in rows:
-            for column in datetimes:
-                if row[column] is not None:
-                    # As Django's converter for a `datetime` column reads the stored text.
-                    row[column] = parse_datetime(row[column])
-        return rows
+    def turn_reads(self) -> str:
+        """SQLite: a batch's reads in one statement, one row of four JSON arrays: keys, sessions, histories, others.
+
+        The others are those of the sessions' owners (on PostgreSQL, of the requests' owners): the same for every
+        turn that is taken, since a turn is only taken in a session of its own owner.
+        """
+        others = self._select(
+            "owner_id, id, updated_at, embedding_model, created_at",
+            f"FROM {self.persona} WHERE status = %s AND LENGTH(anchor_vectors) > 0"
+            f" AND owner_id IN (SELECT owner_id FROM {self.session} WHERE id {self._in(0)})",
+        )
+        parts = (self.keys(0), self.sessions(0), self.histories(0), others)
+        return "SELECT " + ", ".join(f"({part})" for part in parts)
 
     def keys(self, n: int) -> str:
         """The active keys among n hashes, with whether their last use is older than the first parameter."""
         return self._select(
             "k.key_hash, k.id, k.owner_id, CASE WHEN k.last_used_at IS NULL OR k.last_used_at < %s THEN 1 ELSE 0 END",
             f"FROM {self.key} k JOIN {self.user} u ON u.id = k.owner_id"
-            f" WHERE k.key_hash IN ({self._list(n)}) AND k.revoked_at IS NULL AND u.is_active",
+            f" WHERE k.key_hash {self._in(n)} AND k.revoked_at IS NULL AND u.is_active",
         )
 
     def keys_used(self, n: int) -> str:
-        return f"UPDATE {self.key} SET last_used_at = %s WHERE id IN ({self._list(n)})"
+        return f"UPDATE {self.key} SET last_used_at = %s WHERE id {self._in(n)}"
 
     def sessions(self, n: int) -> str:
         """Each session with its persona, and the index and status of its last message (NULL for a new session).
@@ -380,16 +448,27 @@ class _TurnSql:
         return self._select(
             "s.id, s.owner_id, p.id, p.name, p.status, p.updated_at, p.embedding_model,"
             f" ({last.format(self.index)}), ({last.format('status')})",
-            f"FROM {self.session} s JOIN {self.persona} p ON p.id = s.persona_id"
-            f" WHERE s.id IN ({self._list(n)}){self.lock}",
+            f"FROM {self.session} s JOIN {self.persona} p ON p.id = s.persona_id WHERE s.id {self._in(n)}{self.lock}",
         )
 
     def histories(self, n: int) -> str:
         """The last HISTORY_LIMIT messages with content of each session, with their index to put them in order.
 
-        One LIMIT per session, read backwards along the (session, index) index: a long conversation costs its last
-        HISTORY_LIMIT rows, not all of its rows (as a window over each whole session would).
+        Read backwards along the (session, index) index: a long conversation costs its last HISTORY_LIMIT rows,
+        not all of its rows (as a window over each whole session would). On PostgreSQL one LIMIT per session; on
+        SQLite each session's rows from the index of its HISTORY_LIMIT-th last, in one statement for any number of
+        sessions (and without SQLite's ceiling of 500 SELECTs joined by UNION ALL).
         """
+        if self.one_row:
+            start = (
+                f"SELECT b.{self.index} FROM {self.message} b WHERE b.session_id = j.value AND b.content <> ''"
+                f" ORDER BY b.{self.index} DESC LIMIT 1 OFFSET {HISTORY_LIMIT - 1}"
+            )
+            return self._select(
+                f"m.session_id, m.role, m.content, m.{self.index}",
+                f"FROM json_each(%s) AS j JOIN {self.message} m ON m.session_id = j.value"
+                f" AND m.{self.index} >= COALESCE(({start}), 0) WHERE m.content <> ''",
+            )
         last = (
             f"SELECT * FROM (SELECT session_id, role, content, {self.index} FROM {self.message}"
             f" WHERE session_id = %s AND content <> '' ORDER BY {self.index} DESC LIMIT {HISTORY_LIMIT}) AS h{{}}"
@@ -402,18 +481,13 @@ class _TurnSql:
             f"id, session_id, {self.index}, role, content, status, model, error, flagged, drift_components, review,"
             " created_at"
         )
-        row = "(" + self._list(12) + ")"
-        return f"INSERT INTO {self.message} ({columns}) VALUES " + ", ".join([row] * n)
+        return f"INSERT INTO {self.message} ({columns}) {self._table(n, 12)}"
 
-    def usage(self, n: int, *, returning: bool) -> str:
-        row = "(%s, %s, %s, %s, %s, 0, 0, %s, %s)"
+    def usage(self, n: int) -> str:
         return (
             f"INSERT INTO {self.usage_table} (owner_id, kind, run_id, provider, model, prompt_tokens,"
-            " completion_tokens, status, started_at) VALUES " + ", ".join([row] * n)
-        ) + (" RETURNING run_id, id" if returning else "")
-
-    def usage_ids(self, n: int) -> str:
-        return self._select("run_id, id", f"FROM {self.usage_table} WHERE run_id IN ({self._list(n)})")
+            f" completion_tokens, status, started_at) {self._table(n, 9)}"
+        )
 
     def progress(self, n: int) -> str:
         """Set `content` of n messages still streaming, from (id, content) rows, in one statement."""
@@ -424,13 +498,13 @@ class _TurnSql:
         )
 
     def touch(self, n: int) -> str:
-        return f"UPDATE {self.session} SET updated_at = %s WHERE id IN ({self._list(n)})"
+        return f"UPDATE {self.session} SET updated_at = %s WHERE id {self._in(n)}"
 
     def others(self, n: int) -> str:
-        """The ready personas with anchor vectors of these owners, and when each was made (for the bleed component)."""
+        """The ready personas with anchor vectors of n owners, and when each was made (for the bleed component)."""
         return self._select(
             "owner_id, id, updated_at, embedding_model, created_at",
-            f"FROM {self.persona} WHERE status = %s AND owner_id IN ({self._list(n)}) AND LENGTH(anchor_vectors) > 0",
+            f"FROM {self.persona} WHERE status = %s AND owner_id {self._in(n)} AND LENGTH(anchor_vectors) > 0",
         )
 
 
@@ -519,7 +593,6 @@ def message_complete(
     drift_threshold: float,
     flagged: bool,
     drift_components: dict[str, Any],
-    usage_id: int,
     prompt_tokens: int,
     completion_tokens: int,
 ) -> None:
@@ -546,7 +619,10 @@ def message_complete(
         # Set once: the first turn of a sustained drift (COALESCE keeps an earlier one).
         sustained = now if streak >= SUSTAINED_DRIFT_TURNS else None
         cursor.execute(sql.session_drifted, [ewma, streak, sustained, now, session_id])
-        cursor.execute(sql.usage_ended, [UsageRecord.Status.COMPLETED, prompt_tokens, completion_tokens, now, usage_id])
+        cursor.execute(
+            sql.usage_ended,
+            [UsageRecord.Status.COMPLETED, prompt_tokens, completion_tokens, now, message_id, UsageRecord.Kind.CHAT],
+        )
 
 
 @transaction.atomic
@@ -556,7 +632,6 @@ def message_stop(
     content: str,
     status: str,
     error: str,
-    usage_id: int,
     prompt_tokens: int,
     completion_tokens: int,
 ) -> None:
@@ -564,7 +639,7 @@ def message_stop(
     Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
         content=content, status=status, error=error, completed_at=timezone.now()
     )
-    UsageRecord.objects.filter(pk=usage_id).update(
+    UsageRecord.objects.filter(run_id=message_id, kind=UsageRecord.Kind.CHAT).update(
         status=status, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, ended_at=timezone.now()
     )
 

@@ -144,7 +144,6 @@ async def _abandon(job: ReplyJob) -> None:
             content="",
             status="cancelled",
             error="Cancelled before the reply started.",
-            usage_id=job.usage_id,
             prompt_tokens=0,
             completion_tokens=0,
         )

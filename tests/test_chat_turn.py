@@ -91,9 +91,9 @@ def test_one_transaction_takes_the_turns_it_can_and_refuses_the_rest_exactly_as_
             ("assistant", "streaming", ""),
         ]
         assert rows.last().pk == job.assistant_message_id  # type: ignore[union-attr]
-        usage = UsageRecord.objects.get(pk=job.usage_id)
-        assert (usage.run_id, usage.owner_id, usage.status) == (
-            job.assistant_message_id,
+        usage = UsageRecord.objects.get(run_id=job.assistant_message_id)
+        assert (usage.kind, usage.owner_id, usage.status) == (
+            "chat",
             rows[0].session.owner_id,
             "running",
         )
@@ -215,3 +215,18 @@ def test_a_turn_compares_with_the_owners_newest_other_personas_first(monkeypatch
     assert isinstance(outcome, tuple)
     centroids = np.frombuffer(outcome[1].other_centroids, dtype=np.float32).reshape(-1, 384)
     assert list(centroids.argmax(axis=1)) == [4, 1, 3]
+
+
+@pytest.mark.parametrize(
+    "text", ['q"uote\\back', "line\nnext\ttab", "\u2028\u2029", "é☾😀 漢字", "100% %s %(x)s ?", "[1, {\"a\": null}]"]
+)
+def test_a_turn_stores_and_reads_back_the_users_words_exactly(text: str) -> None:
+    # On SQLite a batch's rows travel as JSON (chat.services._TurnSql.table): nothing of the text may change.
+    session = ChatSessionFactory()
+    first = turn(session, text)
+    second = turn(session, "And?")
+    stored = Message.objects.get(session=session, index=0)
+    assert (stored.content, stored.role, stored.status, stored.flagged) == (text, "user", "completed", False)
+    assert (stored.created_at.tzinfo, stored.drift_components, stored.review) == (UTC, {}, "")
+    assert first.user_content == text
+    assert second.history == (("user", text), ("assistant", "Aye."))

@@ -121,7 +121,7 @@ def test_other_persona_centroids_are_the_owners_other_ready_personas() -> None:
 
 
 def complete(message: Message, score_value: float, threshold: float = 0.9) -> None:
-    usage = UsageRecord.objects.create(owner=message.session.owner, kind=UsageRecord.Kind.CHAT, run_id=message.id)
+    UsageRecord.objects.create(owner=message.session.owner, kind=UsageRecord.Kind.CHAT, run_id=message.id)
     services.message_complete(
         message_id=message.id,
         content="x",
@@ -129,7 +129,6 @@ def complete(message: Message, score_value: float, threshold: float = 0.9) -> No
         drift_threshold=threshold,
         flagged=score_value > threshold,
         drift_components={},
-        usage_id=usage.id,
         prompt_tokens=1,
         completion_tokens=1,
     )

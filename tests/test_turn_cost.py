@@ -6,6 +6,7 @@ measure of rows visited, unlike a timing. This file is not in the PostgreSQL run
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import factory
 import pytest
@@ -101,5 +102,42 @@ def test_a_batch_of_turns_reads_one_row_per_statement_however_many_turns_it_hold
         monkeypatch.setattr(SQLiteCursorWrapper, name, counted)
     outcomes = batch(sessions[5:])
     assert len([outcome for outcome in outcomes if isinstance(outcome, tuple)]) == 20
-    # The key, the sessions, their histories, the usage records' ids, the owner's other personas.
-    assert fetched == [1, 1, 1, 1, 1]
+    # The key, the sessions, their histories and the owner's other personas, in one row.
+    assert fetched == [1]
+
+
+def test_a_batch_of_turns_runs_the_same_four_statements_whatever_its_size() -> None:
+    # Each statement hands the GIL over at least once, and a statement SQLite has not prepared yet once more: a
+    # batch's statements are few, and their texts do not depend on how many turns it holds, so the connection's
+    # cache of prepared statements serves every size (chat.services._TurnSql.in_list).
+    key_row, key = api_key_create(username="alice")
+    personas = PersonaFactory.create_batch(2, owner=key_row.owner, drift_anchors=["a"], anchor_vectors=bytes(4 * 384))
+    sessions = [ChatSessionFactory(persona=personas[number % 2]) for number in range(10)]
+    for session in sessions:
+        talk(session, 2)
+    ran: list[str] = []
+
+    def note(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if not sql.startswith(("SAVEPOINT", "RELEASE SAVEPOINT")):  # the test's own transaction around the batch
+            ran.append(sql)
+        return execute(sql, params, many, context)
+
+    def batch(part: list[ChatSession]) -> list[str]:
+        requests = [
+            TurnRequest(session_id=s.pk, content="Go on.", provider="demo", model="demo", key=key) for s in part
+        ]
+        ran.clear()
+        with connection.execute_wrapper(note):
+            outcomes = message_create_turns(requests=requests)
+        assert all(isinstance(outcome, tuple) for outcome in outcomes)
+        return list(ran)
+
+    batch(sessions[:2])  # the key's last use is written, the personas' voices and centroids are cached
+    three, five = batch(sessions[2:5]), batch(sessions[5:])
+    assert [sql.split()[:3] for sql in three] == [
+        ["SELECT", "(SELECT", "json_group_array(json_array(k.key_hash,"],
+        ["INSERT", "INTO", '"chat_message"'],
+        ["INSERT", "INTO", '"accounts_usagerecord"'],
+        ["UPDATE", '"chat_chatsession"', "SET"],
+    ]
+    assert five == three
