@@ -158,6 +158,17 @@ def test_bench_smoke_turns_by_conversation_length():
     assert [match[1] if match else row for match, row in zip(found, rows, strict=True)] == ["0", "60"]
 
 
+def test_bench_smoke_turn_batches_alone_and_with_a_busy_thread():
+    head, *rows = run_bench("turns.py", "--batch", "6", "--turns", "2")
+    assert head.endswith(": a batch of 6 turns' database work (ms)"), head
+    # BEGIN, the reads, the two inserts, the sessions' update: the same statements for every size.
+    assert [re.sub(r"median \d+\.\d · max \d+\.\d", "N", row) for row in rows] == [
+        f"  {when}, {way} each time: N · 5 statements"
+        for when in ("alone", "with a busy thread")
+        for way in ("the same size", "a new size")
+    ]
+
+
 def test_bench_smoke_provider_deadline():
     lines = run_bench("provider_deadline.py", "--rounds", "1", "--streams", "20", "--deltas", "5", "--delay-ms", "1")
     ways = ("bare", "timeout_at", "resilient_stream")

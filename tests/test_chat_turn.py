@@ -218,7 +218,7 @@ def test_a_turn_compares_with_the_owners_newest_other_personas_first(monkeypatch
 
 
 @pytest.mark.parametrize(
-    "text", ['q"uote\\back', "line\nnext\ttab", "\u2028\u2029", "é☾😀 漢字", "100% %s %(x)s ?", "[1, {\"a\": null}]"]
+    "text", ['q"uote\\back', "line\nnext\ttab", "\u2028\u2029", "é☾😀 漢字", "100% %s %(x)s ?", '[1, {"a": null}]']
 )
 def test_a_turn_stores_and_reads_back_the_users_words_exactly(text: str) -> None:
     # On SQLite a batch's rows travel as JSON (chat.services._TurnSql.table): nothing of the text may change.
