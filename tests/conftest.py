@@ -150,6 +150,9 @@ def start_uvicorn(env: dict[str, str], workdir: Path, keys: dict[str, str]) -> L
             "--log-level",
             "warning",
             "--no-access-log",
+            # As the README's production command: uvloop, taking waiting connections in bursts.
+            "--loop",
+            "moonborn_site.serving:BurstAcceptLoop",
         ],
         cwd=ROOT,
         env=env,
