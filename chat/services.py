@@ -266,11 +266,10 @@ def _read_turns(cursor: Any, sql: "_TurnSql", requests: list[TurnRequest], now: 
     histories: list[Any] = []
     others: list[Any] = []
     if sql.one_row:
-        wanted = sorted({r.session_id for r in requests})
+        wanted = sql.in_list(sorted({r.session_id for r in requests}))
+        # The keys; the sessions; their histories; the other personas of their owners.
         cursor.execute(
-            sql.turn_reads(),
-            [stale_before, *sql.in_list(asked), *sql.in_list(wanted), *sql.in_list(wanted), Persona.Status.READY]
-            + sql.in_list(wanted),
+            sql.turn_reads(), [stale_before, *sql.in_list(asked), *wanted, *wanted, Persona.Status.READY, *wanted]
         )
         keys, sessions, histories, others = (json.loads(text) for text in cursor.fetchone())
     elif asked:

@@ -27,8 +27,7 @@ logger = logging.getLogger(__name__)
 
 # The outcomes that are answers (404, 409), not failures of the database.
 TurnRefusals = (ChatSession.DoesNotExist, ChatConflict)
-# At most this many turns in one transaction, so that its lock is held for milliseconds. Never over 500: a batch
-# reads its histories with one SELECT per session joined by UNION ALL, and SQLite refuses more than 500 of them.
+# At most this many turns in one transaction, so that its lock is held for milliseconds.
 BATCH_LIMIT = 256
 # At most this many batches in one call to the database thread, so that other database work waits for no more.
 DRAIN_BATCHES = 4
