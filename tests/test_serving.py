@@ -3,7 +3,7 @@
 import asyncio
 import errno
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import uvloop
@@ -12,7 +12,8 @@ from moonborn_site import serving
 
 
 class Recorded(asyncio.Protocol):
-    made: list[asyncio.BaseTransport]
+    def __init__(self, made: list[asyncio.BaseTransport]) -> None:
+        self.made = made
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.made.append(transport)
@@ -26,9 +27,10 @@ def loop() -> Iterator[serving.BurstAcceptLoop]:
     made.close()
 
 
-def recorder() -> tuple[type[Recorded], list[asyncio.BaseTransport]]:
+def recorder() -> tuple[Callable[[], Recorded], list[asyncio.BaseTransport]]:
+    """A protocol factory, and the transports of the connections made with it."""
     made: list[asyncio.BaseTransport] = []
-    return type("Recording", (Recorded,), {"made": made}), made
+    return lambda: Recorded(made), made
 
 
 def waiting_clients(port: int, count: int) -> list[socket.socket]:
