@@ -99,6 +99,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # Connections past min_size that sit idle this long are closed: the pool shrinks after a burst.
         "max_idle": env.float("MOONBORN_DB_POOL_MAX_IDLE_SECONDS", default=60.0),
     }
+    # With the pool, Django has it check a connection (an empty query) before handing it out, and replace it if the
+    # server dropped it (a restart, a failover, a proxy's idle timeout): otherwise each dead one fails a request.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from tests.conftest import Cluster, LiveServer, start_uvicorn
-from tests.e2e.helpers import JSON, WireEvent, parse_wire, wait_for
+from tests.e2e.helpers import JSON, WireEvent, parse_wire, stream_events, wait_for
 from tests.e2e.test_disconnect import read_until
 
 SLOW = {"MOONBORN_DEMO_DELAY_MS": "30", "MOONBORN_DEMO_REPLY_TOKENS": "150"}
@@ -410,3 +410,31 @@ def test_health_endpoint(server, path):
     assert body["database"] == "ok"
     assert body["redis"] == "not configured"
     assert body["shuttingDown"] is False
+
+
+def test_requests_after_postgresql_dropped_every_connection_succeed(cluster_factory):
+    """A database restart (or a proxy closing idle connections) leaves the pool's connections dead: each is
+    checked before it is handed out, so no request gets one."""
+    cluster = cluster_factory(1, MOONBORN_DEMO_DELAY_MS="1", MOONBORN_DEMO_REPLY_TOKENS="5")
+    worker = cluster.workers[0]
+    session = ready_session(worker, cluster)
+    name = cluster.env["DATABASE_URL"].rsplit("/", 1)[1]
+    with client(worker, cluster) as c:
+        for attempt in range(3):
+            with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+                dropped = conn.execute(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s)"
+                    " AS t",
+                    (name,),
+                ).fetchone()
+            assert dropped is not None and dropped[0] >= 1  # the pool keeps at least one connection open
+            reply = c.post(
+                f"/v1/chat/sessions/{session}/messages", json={"content": f"Still there? {attempt}"}, headers=JSON
+            )
+            assert reply.status_code == 201, reply.text
+            events = stream_events(
+                c, "POST", f"/v1/chat/sessions/{session}/messages", json={"content": f"And now? {attempt}"}
+            )
+            assert [e.event for e in events] == ["message.started"] + ["token"] * 5 + ["completed"]
+    assert len(stored_messages(worker, cluster, session)) == 12
+    assert "Traceback" not in worker.log()
