@@ -9,6 +9,10 @@ delay) so that only starts are measured.
 
     .venv/bin/python bench/starts.py                       # this checkout, 3 rounds of 1,000
     .venv/bin/python bench/starts.py /tmp/old . --rounds 4  # two checkouts interleaved (A/B)
+    .venv/bin/python bench/starts.py --reference            # and bench/reference_asgi.py the same way
+
+With `--reference` the bare-ASGI reference gets the same requests (its stream held back the same way) in rounds of
+its own: what the reference's start costs, measured as Moonborn's is.
 """
 
 import argparse
@@ -28,13 +32,19 @@ sys.path.insert(0, str(ROOT))
 BODY = json.dumps({"content": "Tell me about the night the lamp went out."}).encode()
 
 
-def measure(key: str, sessions: list[str]) -> dict[str, Any]:
-    """In this process (Django set up from the environment): start one stream per session at once."""
+def measure(key: str, sessions: list[str], *, reference: bool = False) -> dict[str, Any]:
+    """In this process (Django set up from the environment): start one stream per session at once.
+
+    `reference`: the same requests to `bench/reference_asgi.py` instead (the session ids only name them).
+    """
     import uvloop
 
     from bench.loadgen import percentiles
-    from moonborn_site.asgi import application
-    from runs.hub import get_hub
+
+    if reference:
+        from bench.reference_asgi import app as application
+    else:
+        from moonborn_site.asgi import application
 
     everyone = asyncio.Event()  # set when every stream expected has written its first frame
 
@@ -47,7 +57,8 @@ def measure(key: str, sessions: list[str]) -> dict[str, Any]:
             "scheme": "http",
             "path": f"/v1/chat/sessions/{session_id}/messages",
             "raw_path": b"",
-            "query_string": b"",
+            # The reference's stream held back as the demo model's is (it reads these; Moonborn ignores them).
+            "query_string": b"tokens=100&delay_ms=10000" if reference else b"",
             "root_path": "",
             "headers": [
                 (b"host", b"127.0.0.1"),
@@ -107,9 +118,12 @@ def measure(key: str, sessions: list[str]) -> dict[str, Any]:
         # The clients leave: every run is cancelled and stores its (empty) reply before the process ends.
         gone.set()
         await asyncio.gather(*tasks)
-        hub = get_hub()
-        while hub.local_run_ids():
-            await asyncio.sleep(0.05)
+        if not reference:
+            from runs.hub import get_hub
+
+            hub = get_hub()
+            while hub.local_run_ids():
+                await asyncio.sleep(0.05)
         first = percentiles([seconds * 1000 for seconds in seen.values()])
         return {
             "starts": len(seen),
@@ -127,7 +141,7 @@ def child(args: argparse.Namespace) -> None:
     os.chdir(args.root)
     sys.path.insert(0, str(args.root))
     sessions = json.loads(Path(args.sessions).read_text())
-    print(json.dumps(measure(args.key, sessions)), flush=True)
+    print(json.dumps(measure(args.key, sessions, reference=args.reference)), flush=True)
 
 
 def main() -> None:
@@ -135,6 +149,7 @@ def main() -> None:
     parser.add_argument("trees", nargs="*", type=Path, help="checkouts to compare (default: this one)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-n", type=int, default=1000, help="streams started at once")
+    parser.add_argument("--reference", action="store_true", help="also measure bench/reference_asgi.py")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--env", help=argparse.SUPPRESS)
@@ -157,14 +172,18 @@ def main() -> None:
             mb = perf.Moonborn(workdir)
             mb.make_sessions(per_run * args.rounds)
             env = mb.server_env(10_000, 100)
-            setups.append((tree, mb, {k: v for k, v in env.items() if k not in os.environ or os.environ[k] != v}))
+            changed = {k: v for k, v in env.items() if k not in os.environ or os.environ[k] != v}
+            setups.append((str(tree), tree, mb.key, mb.sessions, changed, []))
+        if args.reference:
+            names = [f"ref{i}" for i in range(per_run * args.rounds)]
+            setups.append(("reference", ROOT, "", names, {}, ["--reference"]))
         for rnd in range(args.rounds):
-            for tree, mb, env in setups if rnd % 2 == 0 else setups[::-1]:
+            for name, tree, key, pool, env, extra in setups if rnd % 2 == 0 else setups[::-1]:
                 sessions = Path(tmp) / "sessions.json"
-                sessions.write_text(json.dumps(mb.sessions[rnd * per_run : (rnd + 1) * per_run]))
+                sessions.write_text(json.dumps(pool[rnd * per_run : (rnd + 1) * per_run]))
                 made = subprocess.run(
                     [sys.executable, __file__, "--child", "--root", str(tree), "--env", json.dumps(env)]
-                    + ["--key", mb.key, "--sessions", str(sessions)],
+                    + ["--key", key, "--sessions", str(sessions), *extra],
                     cwd=tree,
                     check=True,
                     capture_output=True,
@@ -172,7 +191,7 @@ def main() -> None:
                 )
                 row = json.loads(made.stdout.strip().splitlines()[-1])
                 print(
-                    f"{rnd} {tree}: {row['starts']} starts · loop CPU {row['loop_cpu_us_per_start']:.0f} µs each ·"
+                    f"{rnd} {name}: {row['starts']} starts · loop CPU {row['loop_cpu_us_per_start']:.0f} µs each ·"
                     f" first frame p50 {row['first_frame_p50_ms']:.0f} ms, p99 {row['first_frame_p99_ms']:.0f} ms",
                     flush=True,
                 )

@@ -147,8 +147,10 @@ def run_bench(script: str, *args: str) -> list[str]:
 
 
 def test_bench_smoke_starts_in_process():
-    (line,) = run_bench("starts.py", "-n", "20", "--rounds", "1")
-    assert re.fullmatch(r"0 \S+: 20 starts · loop CPU \d+ µs each · first frame p50 \d+ ms, p99 \d+ ms", line), line
+    moonborn, reference = run_bench("starts.py", "-n", "20", "--rounds", "1", "--reference")
+    row = r"20 starts · loop CPU \d+ µs each · first frame p50 \d+ ms, p99 \d+ ms"
+    assert re.fullmatch(rf"0 /\S+: {row}", moonborn), moonborn
+    assert re.fullmatch(rf"0 reference: {row}", reference), reference
 
 
 def test_bench_smoke_turns_by_conversation_length():
