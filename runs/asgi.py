@@ -8,6 +8,10 @@ made for: anything else (an error to report, an unusual header) goes to Django w
 JSON errors, and everything that can be checked before the first byte, have one implementation.
 """
 
+# Annotations as strings: `SseStream.serve` defines its writers per stream, and evaluated annotations would make a
+# tuple and a `Coroutine[...]` alias for each, kept as long as the stream.
+from __future__ import annotations
+
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
@@ -137,7 +141,7 @@ class GuardedSend:
 
     __slots__ = ("start", "blocked", "loop", "is_stream")
 
-    def __init__(self, send: Send, blocked: dict["asyncio.Task[Any]", float], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, send: Send, blocked: dict[asyncio.Task[Any], float], loop: asyncio.AbstractEventLoop) -> None:
         self.start = send
         # The task blocked in a stream write → when the write began (the watchdog's).
         self.blocked = blocked
