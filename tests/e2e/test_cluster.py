@@ -13,7 +13,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import Cluster, LiveServer, start_uvicorn
+from tests.conftest import PG_ADMIN_URL, Cluster, LiveServer, start_uvicorn
 from tests.e2e.helpers import JSON, WireEvent, parse_wire, stream_events, wait_for
 from tests.e2e.test_disconnect import read_until
 
@@ -155,7 +155,7 @@ def test_idempotent_retries_create_one_persona_and_one_reply_across_workers(clus
 
 def pg_connections(database_url: str) -> int:
     name = database_url.rsplit("/", 1)[1]
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone()
     assert row is not None
     return int(row[0])
@@ -421,7 +421,7 @@ def test_requests_after_postgresql_dropped_every_connection_succeed(cluster_fact
     name = cluster.env["DATABASE_URL"].rsplit("/", 1)[1]
     with client(worker, cluster) as c:
         for attempt in range(3):
-            with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
                 dropped = conn.execute(
                     "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s)"
                     " AS t",
