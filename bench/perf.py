@@ -11,8 +11,12 @@ worker, SQLite, the `demo` provider), both on uvicorn with uvloop + httptools:
 The first three run in `--rounds` interleaved rounds (reference and Moonborn alternate which goes
 first); the table reports medians. `idle` runs once per server, each on a fresh process.
 
+With `--plain-django`, a third server takes part in every scenario: `bench/reference_django.py`, the same frames
+from a minimal Django async view (what the issue says Moonborn must beat), in turn with the other two.
+
     .venv/bin/python bench/perf.py                          # the recorded run (~10 minutes)
     .venv/bin/python bench/perf.py --rounds 1 --c1000 100 --idle 500 --idle-hold 5   # a quick look
+    .venv/bin/python bench/perf.py --plain-django           # and the plain Django view in every scenario
 """
 
 import argparse
@@ -27,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,8 +97,8 @@ def start_server(name: str, app: str, env: dict[str, str], health: str) -> Serve
 
 
 def serving_options(app: str) -> list[str]:
-    """Moonborn runs as its README's production command says; the reference on uvicorn as it comes."""
-    if app.startswith("bench.reference_asgi") or not (ROOT / "moonborn_site" / "serving.py").exists():
+    """Moonborn runs as its README's production command says; the references on uvicorn as it comes."""
+    if app.startswith("bench.reference") or not (ROOT / "moonborn_site" / "serving.py").exists():
         return []  # (a checkout from before moonborn_site.serving, in an A/B)
     return ["--loop", "moonborn_site.serving:BurstAcceptLoop"]
 
@@ -193,22 +197,36 @@ def summarize(rep: loadgen.Report) -> dict[str, Any]:
     }
 
 
+# The plain-Django reference: its own settings, none of Moonborn's.
+DJANGO_APP = "bench.reference_django:application"
+
+
+def reference_env() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name != "DJANGO_SETTINGS_MODULE"}
+
+
 def run_rounds(args: argparse.Namespace, mb: Moonborn, log: list[dict[str, Any]]) -> None:
-    ref_env = {**os.environ}
     pools = iter(mb.sessions)
-    with (
-        running("reference", "bench.reference_asgi:app", ref_env, "/") as ref,
-        running("moonborn-0ms", "moonborn_site.asgi:application", mb.server_env(0, 200), "/healthz") as fast,
-        running("moonborn-20ms", "moonborn_site.asgi:application", mb.server_env(20, 100), "/healthz") as paced,
-    ):
+    with ExitStack() as stack:
+        ref = stack.enter_context(running("reference", "bench.reference_asgi:app", reference_env(), "/"))
+        fast = stack.enter_context(
+            running("moonborn-0ms", "moonborn_site.asgi:application", mb.server_env(0, 200), "/healthz")
+        )
+        paced = stack.enter_context(
+            running("moonborn-20ms", "moonborn_site.asgi:application", mb.server_env(20, 100), "/healthz")
+        )
+        plain = stack.enter_context(running("django", DJANGO_APP, reference_env(), "/")) if args.plain_django else None
         c1000 = [next(pools) for _ in range(args.c1000)]
         # Steady state only: the embedder loads in the background at start-up, and first requests
         # pay for imports and caches. A few streams on each server before anything is measured.
-        for server, slots, tokens in (
+        warm_ups = [
             (ref, reference_targets(1, 200, 0), 200),
             (fast, mb.targets([next(pools) for _ in range(3)]), 200),
             (paced, mb.targets([next(pools) for _ in range(3)]), 100),
-        ):
+        ]
+        if plain is not None:
+            warm_ups.append((plain, reference_targets(1, 200, 0), 200))
+        for server, slots, tokens in warm_ups:
             warm = asyncio.run(loadgen.run_streams(HOST, server.port, slots, per_slot=1, expected_tokens=tokens))
             if warm.errors:
                 raise RuntimeError(f"{server.name} warm-up failed: {warm.error_samples}")
@@ -225,9 +243,11 @@ def run_rounds(args: argparse.Namespace, mb: Moonborn, log: list[dict[str, Any]]
             ]  # fmt: skip
             for scenario, kw, ref_server, ref_slots, mb_server, mb_slots in plan:
                 order = [("reference", ref_server, ref_slots), ("moonborn", mb_server, mb_slots)]
-                if rnd % 2:
-                    order.reverse()
-                for who, server, slots in order:
+                if plain is not None:
+                    order.append(("django", plain, ref_slots))
+                # Each server goes first in turn (with two: reference first in even rounds, Moonborn in odd ones).
+                turn = rnd % len(order)
+                for who, server, slots in order[turn:] + order[:turn]:
                     rep = asyncio.run(
                         loadgen.run_streams(HOST, server.port, slots, server_pid=server.pid, **kw)  # type: ignore[arg-type]
                     )
@@ -239,18 +259,20 @@ def run_rounds(args: argparse.Namespace, mb: Moonborn, log: list[dict[str, Any]]
 
 def run_idle(args: argparse.Namespace, mb: Moonborn, log: list[dict[str, Any]]) -> None:
     tokens = int(args.idle_hold + args.idle / args.idle_rate + 120)
-    for who in ("reference", "moonborn"):
+    for who in ("reference", "moonborn", "django") if args.plain_django else ("reference", "moonborn"):
         if who == "reference":
-            ctx = running("reference-idle", "bench.reference_asgi:app", {**os.environ}, "/")
+            ctx = running("reference-idle", "bench.reference_asgi:app", reference_env(), "/")
+        elif who == "django":
+            ctx = running("django-idle", DJANGO_APP, reference_env(), "/")
         else:
             env = mb.server_env(1000, tokens)
             ctx = running("moonborn-idle", "moonborn_site.asgi:application", env, "/healthz")
         with ctx as server:
             time.sleep(2)  # let start-up (the embedder warm-up thread) settle before the RSS baseline
-            if who == "reference":
-                slots = reference_targets(args.idle, tokens, 1000)
-            else:
+            if who == "moonborn":
                 slots = mb.targets(mb.sessions[-args.idle :])
+            else:
+                slots = reference_targets(args.idle, tokens, 1000)
             rep = asyncio.run(
                 loadgen.hold_idle(
                     HOST, server.port, slots, server_pid=server.pid, open_per_s=args.idle_rate, hold_s=args.idle_hold
@@ -266,11 +288,23 @@ def table(log: list[dict[str, Any]]) -> str:
         values = [r[key] for r in log if r["scenario"] == scenario and r["server"] == who]
         return statistics.median(values) if values else float("nan")
 
+    def ratio(value: float, to: float) -> str:
+        # A run too short for the server's CPU clock (10 ms ticks) measures 0 µs per token: no ratio to that.
+        return f"{value / to:.2f}×" if to else "–"
+
     def errors(scenario: str, who: str) -> int:
         return sum(r["errors"] for r in log if r["scenario"] == scenario and r["server"] == who)
 
-    rows = ["| scenario | metric | reference | Moonborn | ratio (Moonborn / reference) | errors ref · Moonborn |"]
-    rows.append("| --- | --- | --- | --- | --- | --- |")
+    plain = any(r["server"] == "django" for r in log)
+    if plain:
+        rows = [
+            "| scenario | metric | reference | Moonborn | ratio (Moonborn / reference) | plain Django view"
+            " | ratio (Moonborn / Django) | errors ref · Moonborn · Django |"
+        ]
+        rows.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    else:
+        rows = ["| scenario | metric | reference | Moonborn | ratio (Moonborn / reference) | errors ref · Moonborn |"]
+        rows.append("| --- | --- | --- | --- | --- | --- |")
     for scenario, key, label, fmt in (
         ("single", "tokens_per_s", "tokens/s", "{:,.0f}"),
         ("single", "ttft_p50_ms", "TTFT p50 (ms)", "{:.2f}"),
@@ -282,15 +316,22 @@ def table(log: list[dict[str, Any]]) -> str:
         ("c1000", "tokens_per_s", "tokens/s", "{:,.0f}"),
     ):
         ref, mb = med(scenario, "reference", key), med(scenario, "moonborn", key)
-        ratio = mb / ref if ref else float("nan")
         errs = f"{errors(scenario, 'reference')} · {errors(scenario, 'moonborn')}"
-        rows.append(f"| {scenario} | {label} | {fmt.format(ref)} | {fmt.format(mb)} | {ratio:.2f}× | {errs} |")
+        if plain:
+            django = med(scenario, "django", key)
+            versus = f"{fmt.format(django)} | {ratio(mb, django)} | "
+            errs += f" · {errors(scenario, 'django')}"
+        else:
+            versus = ""
+        rows.append(
+            f"| {scenario} | {label} | {fmt.format(ref)} | {fmt.format(mb)} | {ratio(mb, ref)} | {versus}{errs} |"
+        )
     for row in log:
         if row["scenario"] == "idle":
             rows.append(
                 f"| idle | {row['server']}: alive {row['alive']:,} of {row['wanted']:,} · worst gap "
                 f"{row['worst_gap_s']:.2f} s · RSS {row['rss_open_kib'] / 1024:,.0f} MiB | "
-                f"KiB per stream {row['kib_per_stream']:.1f} | | | {row['errors']} |"
+                f"KiB per stream {row['kib_per_stream']:.1f} | | |{' | |' if plain else ''} {row['errors']} |"
             )
     return "\n".join(rows)
 
@@ -306,6 +347,9 @@ def main() -> None:
     parser.add_argument("--idle-hold", type=float, default=15.0)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between measurements")
     parser.add_argument("--moonborn-env", action="append", default=[], help="NAME=VALUE for Moonborn's servers")
+    parser.add_argument(
+        "--plain-django", action="store_true", help="also measure bench/reference_django.py in every scenario"
+    )
     parser.add_argument("--out", type=Path, help="write every measurement here as JSON")
     args = parser.parse_args()
     # Each open stream is a socket on both ends; the sandbox allows 20,000 per process.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import loadgen
-from bench.perf import chat_targets, reference_targets, running
+from bench.perf import DJANGO_APP, chat_targets, reference_env, reference_targets, running
 from tests.e2e.helpers import make_persona, make_session
 
 FRAMES = (
@@ -81,8 +81,9 @@ def test_percentiles_are_nearest_rank():
     assert loadgen.percentiles([]) == {}
 
 
-def test_bench_smoke_reference_server():
-    with running("reference", "bench.reference_asgi:app", {**os.environ}, "/") as ref:
+@pytest.mark.parametrize("app", ["bench.reference_asgi:app", DJANGO_APP])
+def test_bench_smoke_reference_servers(app):
+    with running("reference", app, reference_env(), "/") as ref:
         report = asyncio.run(
             loadgen.run_streams(
                 "127.0.0.1", ref.port, reference_targets(10, 50, 0), per_slot=3, expected_tokens=50, server_pid=ref.pid
@@ -209,3 +210,55 @@ def test_bench_smoke_timeline_of_simultaneous_streams():
     assert len(lines) == len(patterns), lines
     for pattern, line in zip(patterns, lines, strict=True):
         assert re.fullmatch(pattern, line), (pattern, line)
+
+
+def test_bench_smoke_perf_with_the_plain_django_view(tmp_path):
+    out = tmp_path / "perf.json"
+    lines = run_bench(
+        "perf.py",
+        *("--plain-django", "--rounds", "1", "--single", "2", "--c50-each", "1", "--c1000", "20"),
+        *("--idle", "10", "--idle-rate", "50", "--idle-hold", "1", "--pause", "0", "--out", str(out)),
+    )
+    log = json.loads(out.read_text())
+    assert [(row.get("round"), row["scenario"], row["server"]) for row in log] == [
+        *(
+            (0, scenario, server)
+            for scenario in ("single", "c50", "c1000")
+            for server in ("reference", "moonborn", "django")
+        ),
+        *((None, "idle", server) for server in ("reference", "moonborn", "django")),
+    ]
+    assert [(row["scenario"], row["errors"], row["error_samples"]) for row in log if row["errors"]] == []
+    assert [(row["scenario"], row["server"], row["tokens"]) for row in log if "tokens" in row] == [
+        (scenario, server, tokens)
+        for scenario, tokens in (("single", 2 * 200), ("c50", 50 * 200), ("c1000", 20 * 100))
+        for server in ("reference", "moonborn", "django")
+    ]
+    assert [(row["server"], row["alive"]) for row in log if row["scenario"] == "idle"] == [
+        ("reference", 10),
+        ("moonborn", 10),
+        ("django", 10),
+    ]
+    table = lines[lines.index(next(line for line in lines if line.startswith("| scenario "))) :]
+    assert table[0] == (
+        "| scenario | metric | reference | Moonborn | ratio (Moonborn / reference) | plain Django view"
+        " | ratio (Moonborn / Django) | errors ref · Moonborn · Django |"
+    )
+    number = r"[\d,]+(\.\d+)?"
+    # A ratio to a CPU time too short for the clock to count (0 µs per token) is "–".
+    ratio = rf"({number}×|–)"
+    measured = rf"\| {number} \| {number} \| {ratio} \| {number} \| {ratio} \| 0 · 0 · 0 \|"
+    assert [re.sub(measured, "N", row) for row in table[2:10]] == [
+        "| single | tokens/s N",
+        "| single | TTFT p50 (ms) N",
+        "| single | server CPU per token (µs) N",
+        "| c50 | tokens/s N",
+        "| c50 | server CPU per token (µs) N",
+        "| c1000 | TTFT p99 (ms) N",
+        "| c1000 | inter-token jitter p99 (ms) N",
+        "| c1000 | tokens/s N",
+    ]
+    idle = r"alive 10 of 10 · worst gap \d+\.\d\d s · RSS [\d,]+ MiB \| KiB per stream -?\d+\.\d \| \| \| \| \| 0 \|"
+    assert [re.sub(idle, "N", row) for row in table[10:]] == [
+        f"| idle | {server}: N" for server in ("reference", "moonborn", "django")
+    ]
