@@ -1,12 +1,14 @@
-"""How long does drift scoring hold back the `completed` event? Measured end to end on a real server.
+"""How long does drift scoring hold back the `completed` event, and what does each tier cost? End to end on a
+real server, and in process.
 
-Starts uvicorn (demo provider, ``MOONBORN_DEMO_REPLY_TOKENS=100``, ``MOONBORN_DEMO_DELAY_MS=0``) on a free loopback
-port with a fresh SQLite database, creates a persona and a session, then streams ``--replies`` chat replies one
-after another and records, per reply, the time from the arrival of the last ``token`` event to the arrival of
-``completed`` (embedding + scoring + the final database write + one SSE frame). It also times the parts in this
-process: embedding one such reply, and ``score_text`` as a whole.
+Starts uvicorn (demo provider, ``MOONBORN_DEMO_REPLY_TOKENS`` = ``--tokens``, ``MOONBORN_DEMO_DELAY_MS`` =
+``--delay-ms``) on a free loopback port with a fresh SQLite database, creates a persona and a session, then streams
+``--replies`` chat replies one after another and records, per reply, the time from the arrival of the last ``token``
+event to the arrival of ``completed`` (tier 0: embedding + scoring, then the final database write and one SSE
+frame). Then, in this process, the CPU time of each tier on the last reply's text (``time.process_time``, one BLAS
+thread): tier 0 (the static table, embedding and scoring) and tier 1 (the full MiniLM).
 
-    python bench/drift_latency.py [--replies 60] [--warmup 5] [--delay-ms 0]
+    python bench/drift_latency.py [--replies 60] [--warmup 5] [--delay-ms 0] [--tokens 200]
 
 Results are recorded in ``bench/RESULTS-drift.md``.
 """
@@ -79,6 +81,7 @@ def main() -> None:
     parser.add_argument("--replies", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--delay-ms", default="0", help="MOONBORN_DEMO_DELAY_MS (0: tokens as fast as possible)")
+    parser.add_argument("--tokens", default="200", help="MOONBORN_DEMO_REPLY_TOKENS: tokens (words) per reply")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="moonborn-bench-"))
@@ -86,7 +89,7 @@ def main() -> None:
         **os.environ,
         "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
         "MOONBORN_DEMO_DELAY_MS": args.delay_ms,
-        "MOONBORN_DEMO_REPLY_TOKENS": "100",
+        "MOONBORN_DEMO_REPLY_TOKENS": args.tokens,
         "MOONBORN_LOG_LEVEL": "WARNING",
         "DJANGO_DEBUG": "false",
     }
@@ -132,40 +135,53 @@ def main() -> None:
         server.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    # The parts, in this process, on the last reply's text.
-    from chat.scoring import embed_reply, split_chunks
-    from llm.embeddings import get_embedder
+    # The tiers' CPU time, in this process, on the last reply's text.
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "moonborn_site.settings")
+    import django
 
-    embedder = get_embedder()
-    embedder.embed([text])
-    wordpieces = len(embedder.tokenize([text])[0])  # type: ignore[attr-defined]
-    chunks = split_chunks(text)
+    django.setup()
+    from chat.scoring import calibrate_persona, embed_replies, score_tier0, score_vector, tier0, tier1
+    from llm.embeddings import MiniLMEmbedder
 
-    def timed(fn: object, runs: int = 30) -> list[float]:
-        out = []
+    static = tier0()
+    full = tier1()
+    anchors = [s for s in text.split(". ") if s][:12] or [text]
+    cal0 = calibrate_persona(static, anchors=anchors)
+    cal1 = calibrate_persona(full, anchors=anchors)
+    pieces = len(static.pieces(text))
+
+    def cpu_ms(fn: object, runs: int) -> float:
+        fn()  # type: ignore[operator]
+        start = time.process_time()
         for _ in range(runs):
-            start = time.perf_counter()
             fn()  # type: ignore[operator]
-            out.append((time.perf_counter() - start) * 1000)
-        return out
+        return (time.process_time() - start) * 1000 / runs
 
-    whole = timed(lambda: embedder.embed([text]))
-    chunked = timed(lambda: embed_reply(text))
-    last = timed(lambda: embedder.embed([chunks[-1]]))
+    tier0_ms = cpu_ms(
+        lambda: score_tier0(text, anchor_vectors=cal0.anchor_vectors, calibration=cal0.calibration, persona_name="x"),
+        2000,
+    )
+    embed0_ms = cpu_ms(lambda: static.embed_one(text), 2000)
 
-    def p(values: list[float]) -> str:
-        return f"p50 {percentile(values, 0.5):.1f}  p95 {percentile(values, 0.95):.1f}"
+    def tier1_once() -> None:
+        vector = embed_replies(full, [text])[0]
+        score_vector(text, vector, full, anchor_vectors=cal1.anchor_vectors, calibration=cal1.calibration,
+                     persona_name="x")  # fmt: skip
+
+    tier1_ms = cpu_ms(tier1_once, 20)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"load average at the end {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(f"demo delay per token: {args.delay_ms} ms")
     print(f"replies: {len(gaps)} (after {args.warmup} warm-up), tokens per reply: {statistics.median(token_counts):.0f}"
-          f" ({wordpieces} word pieces incl. [CLS]/[SEP], {len(chunks)} chunks)")  # fmt: skip
+          f" ({pieces} word pieces)")  # fmt: skip
     print(
         "last token -> completed (ms): "
         f"p50 {percentile(gaps, 0.5):.1f}  p95 {percentile(gaps, 0.95):.1f}  max {max(gaps):.1f}  min {min(gaps):.1f}"
     )
-    print(f"in process (ms): whole-text embedding {p(whole)}; chunked embed_reply {p(chunked)}; last chunk {p(last)}")
+    one_thread = isinstance(full, MiniLMEmbedder)
+    print(f"CPU per reply (ms): tier 0 {tier0_ms:.3f} (embedding {embed0_ms:.3f}, scoring {tier0_ms - embed0_ms:.3f});"
+          f" tier 1 ({full.model_id}{', one BLAS thread' if one_thread else ''}) {tier1_ms:.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

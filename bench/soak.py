@@ -1,7 +1,8 @@
 """Soak: N concurrent chat streams for T seconds across 2 uvicorn workers (PostgreSQL + Redis).
 
 Checks every stream receives every event exactly once (ids 1..n, no gaps, no duplicates), counts
-non-2xx answers, and records worker memory, database connections and asyncio tasks before and after.
+non-2xx answers, records worker memory, database connections and asyncio tasks before and after, and how long
+after `completed` each reply got its tier-1 drift verdict (every one within 60 s, or the run fails).
 
     .venv/bin/python bench/soak.py --streams 200 --seconds 120      # the recorded run
     .venv/bin/python bench/soak.py --streams 20 --seconds 10         # a quick check
@@ -108,6 +109,10 @@ async def soak(args: argparse.Namespace) -> dict:
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                # Longer than any lane's pause between two streams: a connection the server closes as idle while the
+                # client takes it for its next stream is a read error of the harness, not of the server.
+                "--timeout-keep-alive",
+                "75",
             ],
             cwd=ROOT,
             env=env,
@@ -140,6 +145,7 @@ async def soak(args: argparse.Namespace) -> dict:
             await one_stream(
                 clients[i], sessions[i], args.tokens, {"non_2xx": 0, "streams": 0, "tokens": 0, "bad_streams": 0}
             )
+        await asyncio.sleep(2)  # the warm-up streams' last tasks end
         before = {
             "rss_kib": [rss_kib(w.pid) for w in workers],
             "tasks": [httpx.get(f"{b}/healthz").json()["tasks"] for b in bases],
@@ -173,6 +179,7 @@ async def soak(args: argparse.Namespace) -> dict:
             await asyncio.sleep(1)
         for c in clients:
             await c.aclose()
+        tier1 = await asyncio.to_thread(tier1_lags, name, args.tier1_wait)
         return {
             "streams_concurrent": args.streams,
             "seconds": round(elapsed, 1),
@@ -184,6 +191,7 @@ async def soak(args: argparse.Namespace) -> dict:
             "before": before,
             "during_rss_kib": mid_rss,
             "after": after,
+            "tier1": tier1,
         }
     finally:
         for w in workers:
@@ -194,16 +202,57 @@ async def soak(args: argparse.Namespace) -> dict:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def tier1_lags(name: str, wait: float) -> dict:
+    """How long after `completed` each reply got its tier-1 verdict (scored, or skipped by the cascade), waiting up
+    to `wait` seconds for the last ones."""
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    query = (
+        "SELECT EXTRACT(EPOCH FROM (tier1_scored_at - completed_at)), tier1_score IS NOT NULL FROM chat_message"
+        " WHERE role = 'assistant' AND status = 'completed'"
+    )
+    deadline = time.monotonic() + wait
+    while True:
+        with psycopg.connect(url, autocommit=True) as conn:
+            rows = conn.execute(query).fetchall()
+        pending = sum(1 for lag, _ in rows if lag is None)
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    lags = sorted(float(lag) for lag, _ in rows if lag is not None)
+
+    def q(p: float) -> float:
+        return round(lags[min(len(lags) - 1, int(p * len(lags)))], 2) if lags else 0.0
+
+    return {
+        "replies": len(rows),
+        "pending": pending,
+        "scored": sum(1 for lag, scored in rows if lag is not None and scored),
+        "skipped": sum(1 for lag, scored in rows if lag is not None and not scored),
+        "lag_p50_s": q(0.5),
+        "lag_p99_s": q(0.99),
+        "lag_max_s": round(lags[-1], 2) if lags else 0.0,
+        "within_60_s": sum(1 for lag in lags if lag <= 60.0),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--tokens", type=int, default=50)
     parser.add_argument("--delay-ms", type=int, default=20)
+    parser.add_argument("--tier1-wait", type=float, default=300, help="seconds to wait for the last tier-1 verdicts")
     args = parser.parse_args()
     result = asyncio.run(soak(args))
     print(json.dumps(result, indent=2))
-    ok = result["bad_streams"] == 0 and result["non_2xx"] == 0 and result["after"]["tasks"] == result["before"]["tasks"]
+    tier1 = result["tier1"]
+    ok = (
+        result["bad_streams"] == 0
+        and result["non_2xx"] == 0
+        and result["after"]["tasks"] == result["before"]["tasks"]
+        and tier1["pending"] == 0
+        and tier1["within_60_s"] == tier1["replies"]
+    )
     sys.exit(0 if ok else 1)
 
 

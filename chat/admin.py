@@ -28,6 +28,49 @@ EMPTY = "—"
 EXCERPT_CHARS = 80
 
 
+def tier1_badge(message: Message) -> SafeString:
+    """Tier 1's score and verdict, marked when the tiers disagree ("—" until the tier-1 worker has run)."""
+    if message.tier1_score is None:
+        skipped = message.tier1_scored_at is not None
+        return format_html(
+            '<span class="tier1-{}" style="color: #777;">{}</span>',
+            "skipped" if skipped else "pending",
+            "skipped: tier 0 was certain" if skipped else "—",
+        )
+    drifted = bool(message.tier1_flagged)
+    disagree = message.drift_score is not None and drifted != message.flagged
+    return format_html(
+        '<span class="tier1{}" title="tier-1 drift {} over threshold {}" style="color: {};">{} {}{}</span>',
+        " tiers-disagree" if disagree else "",
+        format_score(message.tier1_score),
+        format_score(message.tier1_threshold),
+        "#ba2121" if drifted else "#777",
+        format_score(message.tier1_score),
+        "⚑ drifted" if drifted else "in character",
+        " (tiers disagree)" if disagree else "",
+    )
+
+
+class TiersFilter(admin.SimpleListFilter):
+    """Replies on which tier 0 (the `completed` verdict) and tier 1 (the full embedder) disagree."""
+
+    title = "drift tiers"
+    parameter_name = "tiers"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("disagree", "disagree"), ("agree", "agree"), ("pending", "tier 1 pending")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet[Message]:
+        disagree = Q(flagged=True, tier1_flagged=False) | Q(flagged=False, tier1_flagged=True)
+        if self.value() == "disagree":
+            return queryset.filter(disagree)
+        if self.value() == "agree":
+            return queryset.filter(tier1_flagged__isnull=False).exclude(disagree)
+        if self.value() == "pending":
+            return queryset.filter(role=Message.Role.ASSISTANT, tier1_flagged__isnull=True)
+        return queryset
+
+
 def drift_flag(message: Message) -> SafeString:
     """A red "⚑ drifted" badge for a flagged reply, a muted "in character" for a scored one, "—" otherwise."""
     if message.flagged:
@@ -186,11 +229,12 @@ class MessageAdmin(admin.ModelAdmin):
         "drift_score_display",
         "threshold_display",
         "flag",
+        "tier1_display",
         "review",
         "created_at",
     )
     list_select_related = ("session", "session__persona")
-    list_filter = ("flagged", "review", "session__persona", "role", "status")
+    list_filter = ("flagged", "tier1_flagged", TiersFilter, "review", "session__persona", "role", "status")
     actions = ("mark_in_character", "mark_out_of_character", "clear_review")
     search_fields = ("id", "content", "session__id")
     ordering = ("-created_at",)
@@ -211,6 +255,9 @@ class MessageAdmin(admin.ModelAdmin):
         "reviewed_by",
         "reviewed_at",
         "drift_components_pretty",
+        "tier1_display",
+        "tier1_scored_at",
+        "tier1_components_pretty",
         "created_at",
         "completed_at",
     )
@@ -254,6 +301,15 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="drift components")
     def drift_components_pretty(self, message: Message) -> SafeString:
         text = json.dumps(message.drift_components, indent=2, ensure_ascii=False)
+        return format_html('<pre style="white-space: pre-wrap; margin: 0;">{}</pre>', text)
+
+    @admin.display(description="tier 1", ordering="tier1_score")
+    def tier1_display(self, message: Message) -> SafeString:
+        return tier1_badge(message)
+
+    @admin.display(description="tier-1 components")
+    def tier1_components_pretty(self, message: Message) -> SafeString:
+        text = json.dumps(message.tier1_components, indent=2, ensure_ascii=False)
         return format_html('<pre style="white-space: pre-wrap; margin: 0;">{}</pre>', text)
 
     # -- reviews: the flag queue and the list actions -----------------------------------------------------------
@@ -315,7 +371,7 @@ class MessageAdmin(admin.ModelAdmin):
                 target = reverse("admin:chat_message_flag_queue")
             return HttpResponseRedirect(target)
         queue = list(
-            Message.objects.filter(flagged=True, review="", role=Message.Role.ASSISTANT)
+            Message.objects.filter(Q(flagged=True) | Q(tier1_flagged=True), review="", role=Message.Role.ASSISTANT)
             .select_related("session", "session__persona")
             .order_by("-created_at")[:FLAG_QUEUE_SIZE]
         )

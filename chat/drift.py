@@ -1,60 +1,66 @@
 """Persona drift scoring: how far out of character is an assistant reply? Pure functions (numpy, no Django, no DB).
 
-Every persona has *drift anchors*: 8-30 short texts in its voice (greeting, alternate greetings, example dialogue
-lines, catchphrases). At persona creation the anchors are embedded and :func:`calibrate` is run; every assistant reply
-is embedded once and scored with :func:`score_reply`. The score is in [0, 1] (0 = fully in character, 1 = fully out)
-and the reply is flagged iff ``score > calibration.threshold``.
+A persona has *reference texts*: its anchors (greetings, example lines, catchphrases) and its samples (in-character
+replies its own model wrote when the persona was made). At creation they are embedded and :func:`calibrate` is run;
+every reply is embedded and scored with :func:`score_reply`. The score is in [0, 1] (0 = fully in character, 1 =
+fully out) and the reply is flagged iff ``score > calibration.threshold``. The same procedure serves any embedder:
+the static tier-0 table and the full tier-1 model each have their own vectors, calibration and priors.
 
-Components of a reply with unit embedding ``r`` (persona centroid ``P`` = normalised mean of the anchor vectors,
-generic centroid ``G`` = normalised mean of the embedded :func:`generic_assistant_texts`):
+Components of a reply with unit embedding ``r`` and word pieces ``w`` (persona centroid ``P`` = normalised mean of
+the reference vectors):
 
-(a) ``centroid_distance`` = 1 - cos(r, P);
-(b) ``generic_margin`` = cos(r, G) - cos(r, P): positive when the reply sounds more like a generic assistant than
-    like the persona;
+(a) ``centroid_distance``: log(1 - cos(r, P)), how far the reply is from the persona (on the log scale a terse
+    persona's and a wordy one's spreads are alike: see :func:`distance_statistic`);
+(b) ``generic_register``: how much more likely the reply's word pieces are under the generic assistant's language
+    than under the persona's own (:func:`register_statistic`: a unigram log-likelihood ratio, the generic side
+    from :func:`generic_assistant_texts`, the persona side from its reference texts, both smoothed toward a Zipf
+    background). "Certainly", "Here are a few tips", "It's important to" weigh toward the assistant; "arr",
+    "reckon", "dearie" toward the persona. Unlike a distance between mean vectors it is not drowned by the topic a
+    reply shares with the persona, which is what a drifting reply still talks about;
 (c) hard rules (:func:`hard_rule_hits`): AI self-reference, assistant disclaimers, another model's or person's name
-    in a self-introduction.
-(d) ``bleed_margin`` = max_j cos(r, O_j) - cos(r, P), with ``O_j`` the anchor centroids of the owner's *other*
-    personas: positive when the reply sounds more like one of them than like itself. Its null is computed when
-    scoring (:func:`bleed_null`), from the same pseudo-replies, because the roster changes after calibration.
+    in a self-introduction;
+(d) ``bleed_margin`` = max_j cos(r, O_j) - cos(r, P), with ``O_j`` the centroids of the owner's *other* personas:
+    positive when the reply sounds more like one of them than like itself. Its null is computed when scoring
+    (:func:`bleed_null`), from the same null points, because the roster changes after calibration.
 
-(a), (b) and (d) are turned into upper-tail p-values against the persona's own *null distribution*, built from its
-anchors alone (deterministically, no sampling):
+(a), (b) and (d) are turned into upper-tail p-values against the persona's own *null distribution*
+(:func:`_null_points`), built from its reference texts alone (deterministically, no sampling):
 
-* Leave-one-out (kept in the calibration for inspection, as ``centroid_distances`` / ``generic_margins``): each
-  anchor scored against the centroid of the others.
-* Leave-pair-out pseudo-replies (the null actually used, ``null_distances`` / ``null_margins``): for every pair of
-  anchors, the normalised mean of the two scored against the centroid of the remaining ones. Replies are longer than
-  anchor lines and blend several strands of the voice; a two-line blend is a closer model of an in-character reply
-  than a single short line, whose embedding is noisier (on hand-written personas, real in-character replies sit about
-  1 sd *below* the single-anchor LOO distances, and many generic-assistant replies only 1.5-2.5 sd above, too close
-  to flag at any useful alpha; against the pair null they sit about 4 to 11 sd above). With fewer than 4 anchors the
-  single-anchor values are used.
+* each sample left out in turn and scored against the rest: a real reply of the persona's model, as a new reply is
+  scored. The samples weigh ``SAMPLE_SHARE`` (three quarters) of the null;
+* each pair of anchors blended (the normalised mean of the two; their word pieces together) and scored against the
+  rest: a reply blends several strands of a voice, and a single short line's embedding is noisier than a reply's.
+  A persona without samples (an imported card: no model was asked) has only these. With fewer than 4 anchors the
+  single anchors are used.
 
 The p-value of an observed value ``x`` (:func:`tail_p_value`) is ``max(parametric, empirical)``:
 
 * parametric: the survival function of a Student-t *posterior predictive* distribution (normal model, conjugate
-  normal-inverse-gamma prior, :func:`fit_tail`). The prior is platform-wide (``DISTANCE_PRIOR`` / ``MARGIN_PRIOR``)
-  and weighs like a few pseudo-anchors, so a persona with few anchors is shrunk toward it, the tail is smooth and
-  heavier when data are scarce, and the scale has a floor. This is what lets a genuinely far reply get a p-value far
-  below 1/(n+1), which a plain rank p-value with ~10 anchors can never do;
-* empirical: ``#{null values >= x} / (N + 1)``; a safeguard, so that a reply that is no further out than a
-  noticeable share of the persona's own pseudo-replies is never flagged, whatever the normal fit says.
+  normal-inverse-gamma prior, :func:`fit_tail`). The prior is the embedder's (:class:`Priors`, fitted on the
+  labelled set's dev part by ``bench/fit_drift_priors.py``) and weighs like a few pseudo-observations, so a thin
+  calibration is shrunk toward it and its tail is wider, never narrower: it never flags everything;
+* empirical: ``#{null points >= x} / (N + 1)``, each point counted once (a sample weighs more in the fit, but it
+  is still one observation); a safeguard, so that a reply that is no further out than a noticeable share of the
+  persona's own null points is never flagged, whatever the normal fit says.
 
 The drift score is ``1 - min(p_a, p_b, p_c, p_d)`` with ``p_c`` = 0 when a hard rule fires (score 1) and 1
 otherwise. The threshold is ``(1 - alpha) ** (1/3)`` (about ``1 - alpha/3``; Sidak correction for the three statistical
 components), so that a reply drawn from the persona's null distribution is flagged with probability about ``alpha``.
 Replies an admin marks in character join the null (``calibrate(reply_vectors=...)``): the feedback loop.
-Scoring takes well under a millisecond given the vectors.
+Scoring takes well under a millisecond given the vector and the word pieces.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import math
 import re
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,11 +70,11 @@ from chat.generic_assistant import GENERIC_ASSISTANT_TEXTS
 
 __all__ = [
     "CALIBRATION_VERSION",
-    "DISTANCE_PRIOR",
-    "MARGIN_PRIOR",
-    "BLEED_PRIOR",
+    "DEFAULT_PRIORS",
     "Calibration",
     "DriftResult",
+    "Priors",
+    "RegisterModel",
     "TailFit",
     "TailPrior",
     "bleed_null",
@@ -78,6 +84,9 @@ __all__ = [
     "generic_assistant_texts",
     "hard_rule_hits",
     "null_scores",
+    "priors_for",
+    "register_model",
+    "register_statistic",
     "score_reply",
     "student_t_sf",
     "tail_p_value",
@@ -85,7 +94,7 @@ __all__ = [
 ]
 
 #: Bump when anything that changes calibrations changes (the statistics, the priors, the generic texts, the embedder).
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3
 
 #: Number of statistical components (a), (b) and (d) combined by the minimum p-value (Sidak-corrected threshold).
 N_STATISTICAL_COMPONENTS = 3
@@ -93,10 +102,36 @@ N_STATISTICAL_COMPONENTS = 3
 #: Anchors averaged into one pseudo-reply for the null distribution (falls back to 1 with fewer than 4 anchors).
 PSEUDO_REPLY_SIZE = 2
 
+#: Calibrations on fewer reference texts than this keep the Sidak threshold rather than the fitted one: the fit
+#: was made on personas of 7 or more texts, and with two or three a persona's null says too little to go lower.
+FITTED_THRESHOLD_REFERENCE = 6
+
+#: Replies of fewer word pieces than this are judged on their register alone (see score_prepared). On the labelled
+#: set's dev part, scoring the distance and bleed of one-line replies flagged 12 of the one-line persona's 36
+#: in-character replies (5 without), while the other personas' figures moved by a reply or two.
+SHORT_REPLY_PIECES = 20
+
+#: 1 - cos below which replies count as on the centroid (keeps the log finite).
+DISTANCE_FLOOR = 1e-4
+
+#: The share of the null that a persona's samples make up when it has any (the rest: its anchors' pseudo-replies).
+#: Mostly samples: they are replies, written to varied turns; anchors are a card's lines, narrower in topic and
+#: length, and with half the null theirs a terse persona's real replies read as far out (the one-line persona of
+#: the labelled set's dev part: 13 of its 36 in-character replies flagged with a half share, 9 with this one, against
+#: 5 % over all personas).
+SAMPLE_SHARE = 0.75
+
+#: Dirichlet smoothing of the register's two language models, in word pieces of the Zipf background: the generic
+#: corpus is large (~50,000 pieces), so a few thousand only soften its rare pieces; a persona's reference texts are a
+#: few hundred pieces, so they are smoothed lightly, or every persona would sound like the background.
+GENERIC_SMOOTHING = 2000.0
+PERSONA_SMOOTHING = 50.0
+
 #: Decimals kept for the null values stored in a calibration (keeps the JSON small; 1e-6 is far below any effect).
 _STORE_DECIMALS = 6
 
 FloatArray = npt.NDArray[np.floating[Any]]
+Pieces = Sequence[int]
 
 
 # --- statistics --------------------------------------------------------------------------------------------------
@@ -104,11 +139,12 @@ FloatArray = npt.NDArray[np.floating[Any]]
 
 @dataclass(frozen=True)
 class TailPrior:
-    """Platform-wide normal-inverse-gamma prior for one component's null distribution.
+    """An embedder's normal-inverse-gamma prior for one component's null distribution.
 
     ``mean`` / ``sd``: typical location and spread of a persona's null values; ``mean_weight`` (kappa0) and
-    ``sd_weight`` (2 * alpha0) are how many pseudo-anchors the prior location and spread are worth; ``sd_floor`` is a
-    hard lower bound on the fitted scale (near-duplicate anchors must not make every reply look far out).
+    ``sd_weight`` (2 * alpha0) are how many pseudo-observations the prior location and spread are worth;
+    ``sd_floor`` is a hard lower bound on the fitted scale (near-duplicate anchors must not make every reply look far
+    out).
     """
 
     mean: float
@@ -137,13 +173,88 @@ class TailPrior:
         )
 
 
-# Priors for the leave-pair-out null of all-MiniLM-L6-v2 embeddings of persona anchors; set from hand-written
-# personas in distinct voices (per-persona pair-null means 0.48-0.59 / -0.46..-0.26, sds 0.04-0.06 / 0.075-0.09).
-DISTANCE_PRIOR = TailPrior(mean=0.53, sd=0.06, mean_weight=1.0, sd_weight=4.0, sd_floor=0.02)
-MARGIN_PRIOR = TailPrior(mean=-0.38, sd=0.09, mean_weight=1.0, sd_weight=4.0, sd_floor=0.03)
-# The bleed null's location depends on how close the owner's personas are to each other (per-persona means -0.08..0.04,
-# sds 0.04-0.07 on the five personas of tests/fixtures/drift_labelled.json), so its prior is wide and weighs little.
-BLEED_PRIOR = TailPrior(mean=-0.02, sd=0.06, mean_weight=1.0, sd_weight=4.0, sd_floor=0.02)
+@dataclass(frozen=True)
+class Priors:
+    """One embedder's priors for the three statistical components (``chat/drift_priors.json``).
+
+    ``single_distance`` / ``single_register``: what a persona with a single reference text (one greeting, and no
+    model to ask) is scored against, having no null of its own: how far real replies lie from one line of their
+    persona, which is much farther than from a centroid of twenty. Without them such a persona's distance and
+    register are not scored.
+    """
+
+    distance: TailPrior
+    register: TailPrior
+    bleed: TailPrior
+    single_distance: TailPrior | None = None
+    single_register: TailPrior | None = None
+    # The score over which a reply is flagged, at ``threshold_alpha``: the (1 - alpha) quantile of the dev part's
+    # in-character replies' scores. None: the Sidak bound (threshold_for_alpha).
+    threshold: float | None = None
+    threshold_alpha: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "distance": self.distance.to_dict(),
+            "register": self.register.to_dict(),
+            "bleed": self.bleed.to_dict(),
+        }
+        if self.single_distance is not None and self.single_register is not None:
+            out["single_distance"] = self.single_distance.to_dict()
+            out["single_register"] = self.single_register.to_dict()
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+            out["threshold_alpha"] = self.threshold_alpha
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Priors:
+        single = "single_distance" in data and "single_register" in data
+        return cls(
+            distance=TailPrior.from_dict(data["distance"]),
+            register=TailPrior.from_dict(data["register"]),
+            bleed=TailPrior.from_dict(data["bleed"]),
+            single_distance=TailPrior.from_dict(data["single_distance"]) if single else None,
+            single_register=TailPrior.from_dict(data["single_register"]) if single else None,
+            threshold=float(data["threshold"]) if data.get("threshold") is not None else None,
+            threshold_alpha=float(data["threshold_alpha"]) if data.get("threshold_alpha") is not None else None,
+        )
+
+    def threshold_for(self, alpha: float) -> float:
+        """The flagging threshold at ``alpha``: the fitted one when it was fitted at that alpha, else Sidak's."""
+        if self.threshold is not None and self.threshold_alpha == alpha:
+            return self.threshold
+        return threshold_for_alpha(alpha)
+
+
+#: The priors of an embedder without fitted ones (e.g. an OpenAI-compatible one): all-MiniLM-L6-v2-like sentence
+#: embeddings, whose in-character nulls sit around a log distance of -0.7 (1 - cos ~ 0.5) with spreads of 0.1-0.2 and
+#: bleed margins around -0.05; the register does not depend on the embedder. Wide, and weighing little, so that a
+#: persona's own null decides.
+DEFAULT_PRIORS = Priors(
+    distance=TailPrior(mean=-0.7, sd=0.2, mean_weight=0.5, sd_weight=4.0, sd_floor=0.05),
+    register=TailPrior(mean=0.0, sd=1.0, mean_weight=0.5, sd_weight=4.0, sd_floor=0.2),
+    bleed=TailPrior(mean=-0.05, sd=0.07, mean_weight=0.5, sd_weight=4.0, sd_floor=0.02),
+)
+PRIORS_FILE = Path(__file__).with_name("drift_priors.json")
+
+
+def embedder_family(model_id: str) -> str:
+    """What priors are kept under: the model id without its table checksum (``name:checksum``)."""
+    return model_id.split(":", 1)[0]
+
+
+@functools.cache
+def _fitted_priors() -> dict[str, Priors]:
+    if not PRIORS_FILE.is_file():
+        return {}
+    data = json.loads(PRIORS_FILE.read_text(encoding="utf-8"))
+    return {family: Priors.from_dict(entry["priors"]) for family, entry in data.get("embedders", {}).items()}
+
+
+def priors_for(model_id: str) -> Priors:
+    """The priors fitted for this embedder (``bench/fit_drift_priors.py`` writes them), else the defaults."""
+    return _fitted_priors().get(embedder_family(model_id), DEFAULT_PRIORS)
 
 
 @dataclass(frozen=True)
@@ -164,6 +275,9 @@ class TailFit:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TailFit:
         return cls(loc=float(data["loc"]), scale=float(data["scale"]), df=float(data["df"]))
+
+
+# --- Student-t tails ---------------------------------------------------------------------------------------------
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -263,6 +377,110 @@ def tail_p_value(x: float, null: Sequence[float], fit: TailFit) -> float:
     return min(1.0, max(parametric, empirical))
 
 
+# --- the register: generic-assistant language against the persona's own ---------------------------------------
+
+
+@dataclass(frozen=True)
+class RegisterModel:
+    """The generic assistant's unigram language model over word pieces, and the Zipf background both sides are
+    smoothed toward (the frequency of a piece estimated from its rank in the vocabulary, as the static table's SIF
+    weights are). Made once per process from :func:`generic_assistant_texts` (:func:`register_model`)."""
+
+    log_generic: npt.NDArray[np.float64]  # (vocabulary,) log p(piece | generic assistant)
+    background: npt.NDArray[np.float64]  # (vocabulary,) p(piece) under the Zipf background
+
+    @property
+    def vocabulary(self) -> int:
+        return int(self.background.shape[0])
+
+
+def zipf_background(vocabulary: int) -> npt.NDArray[np.float64]:
+    """p(piece) from its rank in the vocabulary (Zipf's law), summing to 1."""
+    inv_rank = 1.0 / np.arange(2, vocabulary + 2, dtype=np.float64)
+    out: npt.NDArray[np.float64] = inv_rank / inv_rank.sum()
+    return out
+
+
+def register_model(generic_pieces: Sequence[Pieces], vocabulary: int) -> RegisterModel:
+    """The register's generic side from the generic-assistant texts' word pieces (ids below ``vocabulary``)."""
+    background = zipf_background(vocabulary)
+    counts = np.zeros(vocabulary, dtype=np.float64)
+    for pieces in generic_pieces:
+        np.add.at(counts, np.asarray(pieces, dtype=np.intp), 1.0)
+    total = float(counts.sum())
+    log_generic = np.log(counts + GENERIC_SMOOTHING * background) - math.log(total + GENERIC_SMOOTHING)
+    return RegisterModel(log_generic=log_generic, background=background)
+
+
+@dataclass(frozen=True, eq=False)
+class PieceCounts:
+    """How often each word piece occurs in some texts: sorted unique ids and their counts (what a persona's side of
+    the register is made of, stored in its calibration)."""
+
+    ids: npt.NDArray[np.intp]
+    counts: npt.NDArray[np.float64]
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, PieceCounts)
+            and np.array_equal(self.ids, other.ids)
+            and np.array_equal(self.counts, other.counts)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays inside: not hashable, like a list
+
+    @property
+    def total(self) -> float:
+        return float(self.counts.sum())
+
+    @classmethod
+    def of(cls, texts: Sequence[Pieces]) -> PieceCounts:
+        flat = np.fromiter((i for t in texts for i in t), dtype=np.intp)
+        ids, counts = np.unique(flat, return_counts=True)
+        return cls(ids=ids.astype(np.intp), counts=counts.astype(np.float64))
+
+    def minus(self, texts: Sequence[Pieces]) -> PieceCounts:
+        """These counts without the pieces of ``texts`` (which must be among them)."""
+        removed = PieceCounts.of(texts)
+        counts = self.counts.copy()
+        counts[np.searchsorted(self.ids, removed.ids)] -= removed.counts
+        return PieceCounts(ids=self.ids, counts=counts)
+
+    def lookup(self, pieces: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
+        """The count of each of ``pieces`` (0 for a piece not among them)."""
+        if not self.ids.size:
+            return np.zeros(pieces.shape, dtype=np.float64)
+        at = np.minimum(np.searchsorted(self.ids, pieces), self.ids.size - 1)
+        out: npt.NDArray[np.float64] = np.where(self.ids[at] == pieces, self.counts[at], 0.0)
+        return out
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"ids": [int(i) for i in self.ids], "counts": [int(c) for c in self.counts]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PieceCounts:
+        return cls(
+            ids=np.asarray(data["ids"], dtype=np.intp).reshape(-1),
+            counts=np.asarray(data["counts"], dtype=np.float64).reshape(-1),
+        )
+
+
+def register_statistic(pieces: Pieces, model: RegisterModel, persona: PieceCounts) -> float:
+    """Mean over the reply's word pieces of log p(piece | generic assistant) - log p(piece | persona).
+
+    Positive when the reply reads more like the assistant than like the persona's own texts. A reply with no word
+    piece gives -inf (nothing to judge: p-value 1).
+    """
+    x = np.asarray(pieces, dtype=np.intp)
+    x = x[(x >= 0) & (x < model.vocabulary)]
+    if not x.size:
+        return -math.inf
+    own = np.log(persona.lookup(x) + PERSONA_SMOOTHING * model.background[x]) - math.log(
+        persona.total + PERSONA_SMOOTHING
+    )
+    return float((model.log_generic[x] - own).mean())
+
+
 # --- calibration -------------------------------------------------------------------------------------------------
 
 
@@ -290,18 +508,29 @@ def _centroid(unit_rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 def centroid(vectors: FloatArray) -> npt.NDArray[np.float64]:
-    """Unit mean direction of some embeddings (rows, normalised first): a persona's anchor centroid."""
+    """Unit mean direction of some embeddings (rows, normalised first): a persona's centroid."""
     return _centroid(_check_matrix("vectors", vectors))
+
+
+def distance_statistic(sim_persona: Any) -> Any:
+    """The centroid component's statistic: log(1 - cos(reply, centroid)).
+
+    On the log scale a persona's spread is about the same whatever its location: a terse persona's replies lie far
+    from its centroid and far apart, a wordy one's close and close together (the static table's distances range
+    from ~0.04 to ~0.25 across personas, with spreads in proportion), so one prior fits them all.
+    """
+    return np.log(np.maximum(1.0 - np.asarray(sim_persona, dtype=np.float64), DISTANCE_FLOOR))
 
 
 @dataclass(frozen=True)
 class Calibration:
     """Per-persona calibration of drift scoring (JSON-serialisable with :meth:`to_dict` / :meth:`from_dict`).
 
-    ``centroid_distances`` / ``generic_margins``: leave-one-out values of each anchor (in anchor order).
-    ``null_distances`` / ``null_margins``: the null distribution actually scored against (sorted; leave-pair-out
-    pseudo-replies, or the LOO values when ``pseudo_reply_size`` is 1), ``distance_fit`` / ``margin_fit`` their
-    Student-t tails. ``threshold``: flag iff score > threshold.
+    The persona's *reference* texts are its ``n_anchors`` anchors followed by its ``n_samples`` samples; its centroid
+    is their vectors'. ``null_distances`` / ``null_registers``: the null distribution of components (a) and (b), one
+    value per null point (in the same order: see :func:`calibrate`), and ``null_counts`` how many times each point
+    counts in the fits; ``distance_fit`` / ``register_fit``: their Student-t tails; ``persona_pieces``: the reference
+    texts' word pieces (the persona's side of the register). ``threshold``: flag iff score > threshold.
     """
 
     version: int
@@ -311,28 +540,39 @@ class Calibration:
     n_generic: int
     dim: int
     pseudo_reply_size: int
-    centroid_distances: tuple[float, ...]
-    generic_margins: tuple[float, ...]
     null_distances: tuple[float, ...]
-    null_margins: tuple[float, ...]
+    null_registers: tuple[float, ...]
+    null_counts: tuple[int, ...]
     distance_fit: TailFit
-    margin_fit: TailFit
-    distance_prior: TailPrior = field(default=DISTANCE_PRIOR)
-    margin_prior: TailPrior = field(default=MARGIN_PRIOR)
+    register_fit: TailFit
+    persona_pieces: PieceCounts | None = None
+    priors: Priors = field(default=DEFAULT_PRIORS)
+    n_samples: int = 0
     n_replies: int = 0
+    # The nulls sorted, for the p-values (derived, not stored).
+    sorted_distances: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    sorted_registers: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sorted_distances", tuple(sorted(self.null_distances)))
+        object.__setattr__(self, "sorted_registers", tuple(sorted(r for r in self.null_registers if r > -math.inf)))
+
+    @property
+    def n_reference(self) -> int:
+        return self.n_anchors + self.n_samples
 
     @property
     def is_current(self) -> bool:
         """False when made by another version of the calibration procedure: recalibrate."""
         return self.version == CALIBRATION_VERSION
 
-    def matches(self, anchor_vectors: FloatArray, generic_vectors: FloatArray) -> bool:
-        """Whether this calibration was made for anchor/generic sets of these sizes and dimension."""
-        a, g = np.asarray(anchor_vectors), np.asarray(generic_vectors)
+    def matches(self, reference_vectors: FloatArray, generic_vectors: FloatArray) -> bool:
+        """Whether this calibration was made for reference/generic sets of these sizes and dimension."""
+        a, g = np.asarray(reference_vectors), np.asarray(generic_vectors)
         return (
             a.ndim == 2
             and g.ndim == 2
-            and a.shape == (self.n_anchors, self.dim)
+            and a.shape == (self.n_reference, self.dim)
             and g.shape == (self.n_generic, self.dim)
         )
 
@@ -342,40 +582,41 @@ class Calibration:
             "alpha": self.alpha,
             "threshold": self.threshold,
             "n_anchors": self.n_anchors,
+            "n_samples": self.n_samples,
             "n_generic": self.n_generic,
             "dim": self.dim,
             "pseudo_reply_size": self.pseudo_reply_size,
-            "centroid_distances": list(self.centroid_distances),
-            "generic_margins": list(self.generic_margins),
             "null_distances": list(self.null_distances),
-            "null_margins": list(self.null_margins),
+            "null_registers": list(self.null_registers),
+            "null_counts": list(self.null_counts),
             "distance_fit": self.distance_fit.to_dict(),
-            "margin_fit": self.margin_fit.to_dict(),
-            "distance_prior": self.distance_prior.to_dict(),
-            "margin_prior": self.margin_prior.to_dict(),
+            "register_fit": self.register_fit.to_dict(),
+            "persona_pieces": self.persona_pieces.to_dict() if self.persona_pieces is not None else None,
+            "priors": self.priors.to_dict(),
             "n_replies": self.n_replies,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
-        """Inverse of :meth:`to_dict`. Raises ``ValueError`` on a malformed dict (e.g. an unknown older layout)."""
+        """Inverse of :meth:`to_dict`. Raises ``ValueError`` on a malformed dict (e.g. an older layout)."""
         try:
+            pieces = data["persona_pieces"]
             return cls(
                 version=int(data["version"]),
                 alpha=float(data["alpha"]),
                 threshold=float(data["threshold"]),
                 n_anchors=int(data["n_anchors"]),
+                n_samples=int(data.get("n_samples", 0)),
                 n_generic=int(data["n_generic"]),
                 dim=int(data["dim"]),
                 pseudo_reply_size=int(data["pseudo_reply_size"]),
-                centroid_distances=tuple(float(x) for x in data["centroid_distances"]),
-                generic_margins=tuple(float(x) for x in data["generic_margins"]),
                 null_distances=tuple(float(x) for x in data["null_distances"]),
-                null_margins=tuple(float(x) for x in data["null_margins"]),
+                null_registers=tuple(float(x) for x in data["null_registers"]),
+                null_counts=tuple(int(x) for x in data["null_counts"]),
                 distance_fit=TailFit.from_dict(data["distance_fit"]),
-                margin_fit=TailFit.from_dict(data["margin_fit"]),
-                distance_prior=TailPrior.from_dict(data["distance_prior"]),
-                margin_prior=TailPrior.from_dict(data["margin_prior"]),
+                register_fit=TailFit.from_dict(data["register_fit"]),
+                persona_pieces=PieceCounts.from_dict(pieces) if pieces is not None else None,
+                priors=Priors.from_dict(data["priors"]),
                 n_replies=int(data.get("n_replies", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -387,32 +628,52 @@ def threshold_for_alpha(alpha: float) -> float:
     return float((1.0 - alpha) ** (1.0 / N_STATISTICAL_COMPONENTS))
 
 
-def _pseudo_replies(
-    anchors: npt.NDArray[np.float64], size: int
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Unit pseudo-replies (normalised mean of each ``size``-subset of anchors) and the unit centroid of the rest."""
-    total = anchors.sum(axis=0)
-    subsets = np.array(list(itertools.combinations(range(anchors.shape[0]), size)), dtype=np.intp).reshape(-1, size)
-    subset_sum = anchors[subsets].sum(axis=1)  # (m, dim)
-    rest = total[None, :] - subset_sum
-    rest /= np.maximum(np.linalg.norm(rest, axis=1, keepdims=True), 1e-12)
-    pseudo = subset_sum / np.maximum(np.linalg.norm(subset_sum, axis=1, keepdims=True), 1e-12)
-    return pseudo, rest
+@dataclass(frozen=True)
+class _NullPoints:
+    """The null's points: each a blend of some reference texts (``members``), scored against the rest."""
+
+    members: list[tuple[int, ...]]
+    vectors: npt.NDArray[np.float64]  # (m, dim) unit vectors of the points
+    rests: npt.NDArray[np.float64]  # (m, dim) unit centroids of the reference texts each leaves out
+    counts: npt.NDArray[np.intp]  # (m,) how many times each counts
 
 
-def _null_values(
-    anchors: npt.NDArray[np.float64], generic_centroid: npt.NDArray[np.float64], size: int
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """(distances, margins) of each ``size``-subset pseudo-reply against the centroid of the other anchors."""
-    pseudo, rest = _pseudo_replies(anchors, size)
-    sim_persona = np.einsum("ij,ij->i", pseudo, rest)
-    sim_generic = pseudo @ generic_centroid
-    return 1.0 - sim_persona, sim_generic - sim_persona
+def _pseudo_size(n_anchors: int) -> int:
+    return PSEUDO_REPLY_SIZE if n_anchors >= 2 * PSEUDO_REPLY_SIZE else 1
 
 
-def _reply_weight(n_null: int, n_anchors: int) -> int:
-    """How many times a reviewed reply's value is repeated in a null: as much weight as one anchor's share."""
-    return max(1, math.ceil(n_null / max(n_anchors, 1)))
+def _null_points(reference: npt.NDArray[np.float64], n_anchors: int) -> _NullPoints:
+    """Each sample left out alone (a real reply scored as a new reply is), counted so that the samples weigh
+    ``SAMPLE_SHARE`` of the null, and the anchors' ``_pseudo_size``-subsets (leave-pair-out pseudo-replies).
+    Empty with fewer than two reference texts (there is no "rest" to score against)."""
+    n_ref = reference.shape[0]
+    if n_ref < 2:
+        return _NullPoints([], np.zeros((0, reference.shape[1])), np.zeros((0, reference.shape[1])), np.zeros(0, int))
+    size = _pseudo_size(n_anchors)
+    anchor_sets = list(itertools.combinations(range(n_anchors), size)) if n_anchors >= 2 else []
+    sample_sets = [(i,) for i in range(n_anchors, n_ref)]
+    each = 1
+    if anchor_sets and sample_sets:
+        each = max(1, math.ceil(SAMPLE_SHARE * len(anchor_sets) / ((1.0 - SAMPLE_SHARE) * len(sample_sets))))
+    members = anchor_sets + sample_sets
+    counts = np.array([1] * len(anchor_sets) + [each] * len(sample_sets), dtype=np.intp)
+    total = reference.sum(axis=0)
+    vectors = np.stack([reference[list(m)].sum(axis=0) for m in members])
+    rests = total[None, :] - vectors
+    rests /= np.maximum(np.linalg.norm(rests, axis=1, keepdims=True), 1e-12)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return _NullPoints(members, vectors, rests, counts)
+
+
+def _null_registers(
+    points: _NullPoints, pieces: Sequence[Pieces], register: RegisterModel, persona: PieceCounts
+) -> npt.NDArray[np.float64]:
+    """The register statistic of each null point: its texts' pieces against the persona's other texts."""
+    out = []
+    for members in points.members:
+        chosen = [pieces[i] for i in members]
+        out.append(register_statistic([p for t in chosen for p in t], register, persona.minus(chosen)))
+    return np.asarray(out, dtype=np.float64)
 
 
 def calibrate(
@@ -420,95 +681,140 @@ def calibrate(
     *,
     generic_vectors: FloatArray,
     alpha: float = 0.05,
+    sample_vectors: FloatArray | None = None,
     reply_vectors: FloatArray | None = None,
+    priors: Priors = DEFAULT_PRIORS,
+    register: RegisterModel | None = None,
+    reference_pieces: Sequence[Pieces] = (),
+    reply_pieces: Sequence[Pieces] = (),
 ) -> Calibration:
-    """Calibrate drift scoring for a persona from its embedded anchors (rows; unit-normalised here if not already).
+    """Calibrate drift scoring for a persona from its embedded anchors and samples (rows; unit-normalised here).
 
     ``generic_vectors``: the embedded :func:`generic_assistant_texts` (same embedder). ``alpha``: the target rate at
-    which replies like the persona's own (pseudo-)replies get flagged. ``reply_vectors``: real replies an admin
-    marked as in character; each joins the null (scored against the full anchor centroid) with the weight of one
-    anchor, so a persona whose real voice strays further from its anchors than the pseudo-replies predict stops
-    being flagged for it. Deterministic. Needs at least one anchor; with fewer than 4 the null is leave-one-out, and
-    with 1 it is the platform prior alone (plus any reviewed replies).
+    which replies like the persona's own get flagged. ``sample_vectors``: in-character replies the persona's own
+    model wrote (the best model of its real replies, see :func:`_null_points`). ``reply_vectors``: real replies an
+    admin marked as in character; each joins the null (scored against the full reference set) with the weight of
+    one reference text. ``priors``: the embedder's (:func:`priors_for`). ``register`` with ``reference_pieces`` (the
+    word pieces of the anchors then the samples) and ``reply_pieces`` (of the reviewed replies) turn on the register
+    component; without them its p-value is 1. Deterministic. Needs at least one anchor; with one reference text the
+    null is the prior alone (plus any reviewed replies).
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     anchors = _check_matrix("anchor_vectors", anchor_vectors)
     dim = anchors.shape[1]
     generic = _check_matrix("generic_vectors", generic_vectors, dim)
-    g_centroid = _centroid(generic)
-    n = anchors.shape[0]
+    samples = (
+        _check_matrix("sample_vectors", sample_vectors, dim)
+        if sample_vectors is not None and np.asarray(sample_vectors).size
+        else np.zeros((0, dim))
+    )
+    reference = np.concatenate([anchors, samples])
+    n, n_ref = anchors.shape[0], reference.shape[0]
+    if register is not None and len(reference_pieces) != n_ref:
+        raise ValueError(f"reference_pieces must have one entry per anchor and sample ({n_ref})")
+    persona = PieceCounts.of(reference_pieces) if register is not None else None
 
-    def stored(values: npt.NDArray[np.float64]) -> tuple[float, ...]:
-        return tuple(round(float(x), _STORE_DECIMALS) for x in values)
-
-    if n >= 2:
-        loo_d, loo_m = _null_values(anchors, g_centroid, 1)
-    else:
-        loo_d = loo_m = np.zeros(0)
-    size = PSEUDO_REPLY_SIZE if n >= 2 * PSEUDO_REPLY_SIZE else 1
-    null_d, null_m = (loo_d, loo_m) if size == 1 else _null_values(anchors, g_centroid, size)
-    n_eff = float(n) if n >= 2 else 0.0
+    points = _null_points(reference, n)
+    sim = np.einsum("ij,ij->i", points.vectors, points.rests)
+    null_d = distance_statistic(sim)
+    null_r = (
+        _null_registers(points, reference_pieces, register, persona)
+        if register is not None and persona is not None
+        else np.zeros(0)
+    )
+    counts = points.counts
+    n_eff = float(n_ref) if n_ref >= 2 else 0.0
     n_replies = 0
     if reply_vectors is not None and np.asarray(reply_vectors).size:
         replies = _check_matrix("reply_vectors", reply_vectors, dim)
         n_replies = replies.shape[0]
-        centroid = _centroid(anchors)
-        sim_persona = replies @ centroid
-        weight = _reply_weight(len(null_d), n)
-        null_d = np.concatenate([null_d, np.repeat(1.0 - sim_persona, weight)])
-        null_m = np.concatenate([null_m, np.repeat(replies @ g_centroid - sim_persona, weight)])
+        weight = _reply_weight(int(counts.sum()), n_ref)
+        null_d = np.concatenate([null_d, distance_statistic(replies @ _centroid(reference))])
+        counts = np.concatenate([counts, np.full(n_replies, weight, dtype=np.intp)])
+        if register is not None and persona is not None:
+            if len(reply_pieces) != n_replies:
+                raise ValueError("reply_pieces must have one entry per reviewed reply")
+            values = [register_statistic(p, register, persona) for p in reply_pieces]
+            null_r = np.concatenate([null_r, np.asarray(values, dtype=np.float64)])
         n_eff += n_replies
-    null_distances = tuple(sorted(stored(null_d)))
-    null_margins = tuple(sorted(stored(null_m)))
+
+    def stored(values: npt.NDArray[np.float64]) -> tuple[float, ...]:
+        return tuple(round(float(x), _STORE_DECIMALS) for x in values)
+
+    # A reference text without word pieces (whitespace) has no register: count it as the least generic of the rest.
+    finite_r = null_r[np.isfinite(null_r)]
+    null_r = np.where(np.isfinite(null_r), null_r, finite_r.min() if finite_r.size else 0.0)
+    distance_prior, register_prior = priors.distance, priors.register
+    # One reference text: no null of its own, and the usual priors (of centroids of many texts) would put every
+    # reply far out. Score against how far real replies lie from a single line, or not at all.
+    single = n_ref < 2 and not null_d.size
+    if single:
+        distance_prior = priors.single_distance or _UNSCORED
+        register_prior = priors.single_register or _UNSCORED
     return Calibration(
         version=CALIBRATION_VERSION,
         alpha=float(alpha),
-        threshold=threshold_for_alpha(alpha),
+        # The fitted threshold is for calibrations like the ones it was fitted on; a thin one keeps the Sidak bound.
+        threshold=priors.threshold_for(alpha) if n_ref >= FITTED_THRESHOLD_REFERENCE else threshold_for_alpha(alpha),
         n_anchors=n,
+        n_samples=samples.shape[0],
         n_generic=generic.shape[0],
         dim=dim,
-        pseudo_reply_size=size,
-        centroid_distances=stored(loo_d),
-        generic_margins=stored(loo_m),
-        null_distances=null_distances,
-        null_margins=null_margins,
-        distance_fit=fit_tail(null_distances, n_eff=n_eff, prior=DISTANCE_PRIOR),
-        margin_fit=fit_tail(null_margins, n_eff=n_eff, prior=MARGIN_PRIOR),
+        pseudo_reply_size=_pseudo_size(n),
+        null_distances=stored(null_d),
+        null_registers=stored(null_r),
+        null_counts=tuple(int(c) for c in counts),
+        distance_fit=fit_tail(np.repeat(null_d, counts), n_eff=n_eff, prior=distance_prior),
+        register_fit=fit_tail(
+            np.repeat(null_r, counts) if null_r.size else null_r,
+            n_eff=n_eff if null_r.size else 0.0,
+            prior=register_prior,
+        ),  # fmt: skip
+        persona_pieces=persona,
+        priors=priors,
         n_replies=n_replies,
     )
 
 
-def null_scores(anchor_vectors: FloatArray, calibration: Calibration, *, generic_vectors: FloatArray) -> list[float]:
-    """Drift scores of the calibration's own pseudo-replies (the distribution the threshold was set on), sorted."""
-    anchors = _check_matrix("anchor_vectors", anchor_vectors)
-    generic = _check_matrix("generic_vectors", generic_vectors, anchors.shape[1])
-    if anchors.shape[0] < 2:
-        return []
-    distances, margins = _null_values(anchors, _centroid(generic), calibration.pseudo_reply_size)
+# A prior so wide that nothing is out in its tail: a component that cannot be scored gives p-values near 1.
+_UNSCORED = TailPrior(mean=0.0, sd=1e6, mean_weight=1.0, sd_weight=4.0, sd_floor=1e6)
+
+
+def _reply_weight(n_null: int, n_reference: int) -> int:
+    """How many times a reviewed reply's value is repeated in a null: as much weight as one reference text's share."""
+    return max(1, math.ceil(n_null / max(n_reference, 1)))
+
+
+def null_scores(calibration: Calibration) -> list[float]:
+    """Drift scores of the calibration's own null points (the distribution the threshold was set on), sorted."""
+    registers = calibration.null_registers or (-math.inf,) * len(calibration.null_distances)
     scores = [
         1.0
         - min(
-            tail_p_value(float(d), calibration.null_distances, calibration.distance_fit),
-            tail_p_value(float(m), calibration.null_margins, calibration.margin_fit),
+            tail_p_value(d, calibration.sorted_distances, calibration.distance_fit),
+            tail_p_value(r, calibration.sorted_registers, calibration.register_fit),
         )
-        for d, m in zip(distances, margins, strict=True)
+        for d, r in zip(calibration.null_distances, registers, strict=True)
     ]
     return sorted(scores)
 
 
-def bleed_null(anchor_vectors: FloatArray, other_centroids: FloatArray, *, pseudo_reply_size: int) -> tuple[float, ...]:
-    """Sorted null of the bleed margin: each pseudo-reply's closeness to the nearest other persona minus its own.
+def bleed_null(
+    reference_vectors: FloatArray, other_centroids: FloatArray, *, n_anchors: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.intp]]:
+    """The null of the bleed margin: each null point's closeness to the nearest other persona minus its own, and
+    how many times each counts.
 
     Computed when scoring (about 0.1 ms), because the owner's roster of other personas changes after calibration.
     """
-    anchors = _check_matrix("anchor_vectors", anchor_vectors)
-    others = _check_matrix("other_centroids", other_centroids, anchors.shape[1])
-    if anchors.shape[0] < 2:
-        return ()
-    pseudo, rest = _pseudo_replies(anchors, pseudo_reply_size if anchors.shape[0] >= 2 * pseudo_reply_size else 1)
-    margins = (pseudo @ others.T).max(axis=1) - np.einsum("ij,ij->i", pseudo, rest)
-    return tuple(sorted(float(x) for x in margins))
+    reference = _check_matrix("reference_vectors", reference_vectors)
+    others = _check_matrix("other_centroids", other_centroids, reference.shape[1])
+    points = _null_points(reference, n_anchors)
+    if not points.members:
+        return np.zeros(0), np.zeros(0, dtype=np.intp)
+    margins = (points.vectors @ others.T).max(axis=1) - np.einsum("ij,ij->i", points.vectors, points.rests)
+    return margins, points.counts
 
 
 # --- scoring -----------------------------------------------------------------------------------------------------
@@ -516,8 +822,8 @@ def bleed_null(anchor_vectors: FloatArray, other_centroids: FloatArray, *, pseud
 
 @dataclass(frozen=True)
 class DriftResult:
-    """Drift of one reply. ``rule``: the component that set the score (``"hard_rule"``, ``"centroid_distance"`` or
-    ``"generic_margin"``); ``hard_rule_hits``: what :func:`hard_rule_hits` found."""
+    """Drift of one reply. ``rule``: the component that set the score (``"hard_rule"``, ``"centroid_distance"``,
+    ``"generic_register"`` or ``"persona_bleed"``); ``hard_rule_hits``: what :func:`hard_rule_hits` found."""
 
     score: float
     threshold: float
@@ -552,86 +858,109 @@ class DriftResult:
 class ScoringContext:
     """What scoring a persona's replies needs that does not depend on the reply: made once, used for many."""
 
-    anchors: npt.NDArray[np.float64]
-    anchor_centroid: npt.NDArray[np.float64]
-    generic_centroid: npt.NDArray[np.float64]
+    reference: npt.NDArray[np.float64]
+    persona_centroid: npt.NDArray[np.float64]
     calibration: Calibration
     stale: bool
+    register: RegisterModel | None = None
     others: npt.NDArray[np.float64] | None = None
     bleed_null: tuple[float, ...] = ()
     bleed_fit: TailFit | None = None
 
 
 def scoring_context(
-    anchor_vectors: FloatArray,
+    reference_vectors: FloatArray,
     calibration: Calibration,
     *,
     generic_vectors: FloatArray,
+    register: RegisterModel | None = None,
     other_centroids: FloatArray | None = None,
 ) -> ScoringContext:
     """Check the persona's vectors and compute what :func:`score_prepared` needs from them (see :func:`score_reply`)."""
-    anchors = _check_matrix("anchor_vectors", anchor_vectors)
-    dim = anchors.shape[1]
+    reference = _check_matrix("reference_vectors", reference_vectors)
+    dim = reference.shape[1]
     generic = _check_matrix("generic_vectors", generic_vectors, dim)
     if calibration.dim != dim:
         raise ValueError(f"calibration is for dimension {calibration.dim}, vectors have {dim}")
     context = ScoringContext(
-        anchors=anchors,
-        anchor_centroid=_centroid(anchors),
-        generic_centroid=_centroid(generic),
+        reference=reference,
+        persona_centroid=_centroid(reference),
         calibration=calibration,
-        stale=not calibration.matches(anchors, generic) or not calibration.is_current,
+        stale=not calibration.matches(reference, generic) or not calibration.is_current,
+        register=register if calibration.persona_pieces is not None else None,
     )
-    if other_centroids is not None and np.asarray(other_centroids).size:
+    # Bleed compares the persona's centroid with the others': with one reference text it is no centroid, and every
+    # reply would seem closer to the others (not scored then).
+    if other_centroids is not None and np.asarray(other_centroids).size and calibration.n_reference >= 2:
         others = _check_matrix("other_centroids", other_centroids, dim)
-        null = bleed_null(anchors, others, pseudo_reply_size=calibration.pseudo_reply_size)
-        fit = fit_tail(null, n_eff=float(calibration.n_anchors) if null else 0.0, prior=BLEED_PRIOR)
-        context = replace(context, others=others, bleed_null=null, bleed_fit=fit)
+        margins, counts = bleed_null(reference, others, n_anchors=calibration.n_anchors)
+        fit = fit_tail(
+            np.repeat(margins, counts),
+            n_eff=float(calibration.n_reference) if margins.size else 0.0,
+            prior=calibration.priors.bleed,
+        )
+        context = replace(context, others=others, bleed_null=tuple(sorted(float(m) for m in margins)), bleed_fit=fit)
     return context
 
 
 def score_reply(
     text: str,
     reply_vector: FloatArray,
-    anchor_vectors: FloatArray,
+    reference_vectors: FloatArray,
     calibration: Calibration,
     *,
     generic_vectors: FloatArray,
+    register: RegisterModel | None = None,
+    reply_pieces: Pieces | None = None,
     persona_name: str = "",
     other_centroids: FloatArray | None = None,
 ) -> DriftResult:
-    """Score one reply (its text and its embedding) against the persona's anchors and calibration.
+    """Score one reply (its text, its embedding and its word pieces) against the persona's reference vectors and
+    calibration.
 
-    ``other_centroids``: unit anchor centroids of the owner's other personas (rows), for the bleed component; without
-    them that component's p-value is 1.
+    ``other_centroids``: unit centroids of the owner's other personas (rows), for the bleed component; without them
+    that component's p-value is 1. Without ``register`` (or a calibration made without one) the register's is 1.
     """
     context = scoring_context(
-        anchor_vectors, calibration, generic_vectors=generic_vectors, other_centroids=other_centroids
+        reference_vectors,
+        calibration,
+        generic_vectors=generic_vectors,
+        register=register,
+        other_centroids=other_centroids,
     )
-    return score_prepared(text, reply_vector, context, persona_name=persona_name)
+    return score_prepared(text, reply_vector, context, reply_pieces=reply_pieces, persona_name=persona_name)
 
 
 def score_prepared(
-    text: str, reply_vector: FloatArray, context: ScoringContext, *, persona_name: str = ""
+    text: str,
+    reply_vector: FloatArray,
+    context: ScoringContext,
+    *,
+    reply_pieces: Pieces | None = None,
+    persona_name: str = "",
 ) -> DriftResult:
     """:func:`score_reply` with the persona's part made beforehand (:func:`scoring_context`)."""
     calibration = context.calibration
-    dim = context.anchors.shape[1]
+    dim = context.reference.shape[1]
     reply = np.asarray(reply_vector, dtype=np.float64).reshape(-1)
     if reply.shape[0] != dim or not np.all(np.isfinite(reply)):
         raise ValueError(f"reply_vector must be a finite vector of dimension {dim}, got shape {reply.shape}")
     reply = reply / max(float(np.linalg.norm(reply)), 1e-12)
 
-    sim_persona = float(reply @ context.anchor_centroid)
-    sim_generic = float(reply @ context.generic_centroid)
-    distance = 1.0 - sim_persona
-    margin = sim_generic - sim_persona
-    p_distance = tail_p_value(distance, calibration.null_distances, calibration.distance_fit)
-    p_margin = tail_p_value(margin, calibration.null_margins, calibration.margin_fit)
+    sim_persona = float(reply @ context.persona_centroid)
+    distance = float(distance_statistic(np.float64(sim_persona)))
+    # A short reply's vector is mostly its topic (a mean of a dozen word pieces), and topic is what a terse persona's
+    # next line changes: its distance and bleed say little, and it is judged on its words (the register) alone.
+    short = reply_pieces is not None and len(reply_pieces) < SHORT_REPLY_PIECES
+    p_distance = 1.0 if short else tail_p_value(distance, calibration.sorted_distances, calibration.distance_fit)
+    register, p_register = 0.0, 1.0
+    if context.register is not None and calibration.persona_pieces is not None and reply_pieces is not None:
+        register = register_statistic(reply_pieces, context.register, calibration.persona_pieces)
+        p_register = tail_p_value(register, calibration.sorted_registers, calibration.register_fit)
     hits = tuple(hard_rule_hits(text, persona_name))
     p_hard = 0.0 if hits else 1.0
     bleed, p_bleed, bleed_z, nearest = 0.0, 1.0, 0.0, -1
-    if context.others is not None and context.bleed_fit is not None:
+    if context.others is not None and context.bleed_fit is not None and not short:
         sims = context.others @ reply
         nearest = int(np.argmax(sims))
         bleed = float(sims[nearest]) - sim_persona
@@ -642,22 +971,22 @@ def score_prepared(
     candidates = (
         ("hard_rule", p_hard),
         ("centroid_distance", p_distance),
-        ("generic_margin", p_margin),
+        ("generic_register", p_register),
         ("persona_bleed", p_bleed),
     )
     rule, p_min = min(candidates, key=lambda kv: kv[1])  # ties: first listed
     score = min(1.0, max(0.0, 1.0 - p_min))
     flagged = score > calibration.threshold
-    stale = context.stale
+    register_fit = calibration.register_fit
     components = {
-        "centroid_distance": distance,
+        "centroid_distance": 1.0 - sim_persona,
+        "centroid_log_distance": distance,
         "centroid_p": p_distance,
         "centroid_z": (distance - calibration.distance_fit.loc) / calibration.distance_fit.scale,
-        "generic_margin": margin,
-        "generic_p": p_margin,
-        "generic_z": (margin - calibration.margin_fit.loc) / calibration.margin_fit.scale,
+        "generic_register": register if math.isfinite(register) else 0.0,
+        "generic_p": p_register,
+        "generic_z": (register - register_fit.loc) / register_fit.scale if math.isfinite(register) else 0.0,
         "persona_similarity": sim_persona,
-        "generic_similarity": sim_generic,
         "bleed_margin": bleed,
         "bleed_p": p_bleed,
         "bleed_z": bleed_z,
@@ -666,9 +995,10 @@ def score_prepared(
         "hard_rule_count": float(len(hits)),
         "fired_hard_rule": float(flagged and rule == "hard_rule"),
         "fired_centroid_distance": float(flagged and rule == "centroid_distance"),
-        "fired_generic_margin": float(flagged and rule == "generic_margin"),
+        "fired_generic_register": float(flagged and rule == "generic_register"),
         "fired_persona_bleed": float(flagged and rule == "persona_bleed"),
-        "calibration_stale": float(stale),
+        "calibration_stale": float(context.stale),
+        "short_reply": float(short),
     }
     return DriftResult(
         score=score, threshold=calibration.threshold, flagged=flagged, components=components, rule=rule,
@@ -677,7 +1007,8 @@ def score_prepared(
 
 
 def generic_assistant_texts() -> tuple[str, ...]:
-    """Typical generic-assistant replies: embed them once and pass as ``generic_vectors``."""
+    """Typical generic-assistant replies: embed them once and pass as ``generic_vectors`` (and their word pieces to
+    :func:`register_model`)."""
     return GENERIC_ASSISTANT_TEXTS
 
 
@@ -824,6 +1155,10 @@ _NOT_NAMES = frozenset(
 )
 
 
+# Every rule's pattern in one alternation: it matches somewhere iff one of them does (one pass, not eleven).
+_ANY_HARD_RULE = re.compile("|".join(f"(?:{p.pattern})" for _, p in _HARD_RULES), re.IGNORECASE)
+
+
 def _name_tokens(name: str) -> list[str]:
     tokens = [t.strip("'-").lower() for t in re.split(r"[\s,]+", name) if t.strip("'-")]
     return [t for t in tokens if t not in _TITLES]
@@ -875,8 +1210,10 @@ def hard_rule_hits(text: str, persona_name: str) -> list[str]:
     """
     norm = text.replace("\u2019", "'").replace("\u2018", "'")
     hits: list[str] = []
-    for rule, pattern in _HARD_RULES:
-        for m in pattern.finditer(norm):
-            hits.append(f"{rule}: {m.group(0).strip()}")
+    # One pass of all the rules at once first: most replies hit none, and then each rule's own pass is not needed.
+    if _ANY_HARD_RULE.search(norm):
+        for rule, pattern in _HARD_RULES:
+            for m in pattern.finditer(norm):
+                hits.append(f"{rule}: {m.group(0).strip()}")
     hits.extend(_wrong_name_hits(norm, persona_name))
     return list(dict.fromkeys(hits))

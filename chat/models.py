@@ -54,6 +54,12 @@ class Message(models.Model):
     drift_threshold = models.FloatField(null=True, blank=True)
     flagged = models.BooleanField(default=False, db_index=True)
     drift_components = models.JSONField(default=dict, blank=True)
+    # Tier 1: the same reply scored again by the full embedder, after `completed` (chat.tier1); null until then.
+    tier1_score = models.FloatField(null=True, blank=True)
+    tier1_threshold = models.FloatField(null=True, blank=True)
+    tier1_flagged = models.BooleanField(null=True, blank=True, db_index=True)
+    tier1_components = models.JSONField(default=dict, blank=True)
+    tier1_scored_at = models.DateTimeField(null=True, blank=True)
     # An admin's verdict on a reply (the flag queue); in-character verdicts join the persona's calibration.
     review = models.CharField(max_length=20, choices=Review.choices, blank=True, default="", db_index=True)
     reviewed_by = models.ForeignKey(
@@ -69,3 +75,24 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} {self.id}"
+
+
+class DriftJob(models.Model):
+    """A reply waiting for its tier-1 drift score: the durable queue of the tier-1 worker (chat.tier1).
+
+    Made with the reply, in the turn's transaction, so a reply whose process dies before its end is scored all the
+    same once it has ended (or been marked failed); taken only once the reply is no longer streaming. A worker claims
+    a batch until `claimed_until`; a claim that runs out (its worker died) is taken again.
+    """
+
+    message = models.OneToOneField(Message, on_delete=models.CASCADE, primary_key=True, related_name="drift_job")
+    created_at = models.DateTimeField()
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(max_length=64, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["created_at"], name="chat_driftjob_created")]
+
+    def __str__(self) -> str:
+        return f"tier-1 job {self.message_id}"

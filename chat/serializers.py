@@ -58,6 +58,21 @@ class ChatSessionSerializer(serializers.ModelSerializer):
 class MessageSerializer(serializers.ModelSerializer):
     session_id = serializers.CharField(read_only=True)
     drifted = serializers.BooleanField(source="flagged", read_only=True)
+    drift_tier1 = serializers.SerializerMethodField()
+
+    def get_drift_tier1(self, message: Message) -> dict[str, Any] | None:
+        """Tier 1 of drift (the full embedder, after `completed`): null until the tier-1 worker has taken the reply;
+        then `scored` with its figures, or `skipped` (tier 0 was certain while tier 1 had a backlog)."""
+        if message.tier1_scored_at is None:
+            return None
+        scored = message.tier1_score is not None
+        return {
+            "status": "scored" if scored else "skipped",
+            "score": message.tier1_score,
+            "threshold": message.tier1_threshold,
+            "drifted": bool(message.tier1_flagged) if scored else None,
+            "scored_at": message.tier1_scored_at,
+        }
 
     class Meta:
         model = Message
@@ -72,6 +87,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "drift_score",
             "drift_threshold",
             "drifted",
+            "drift_tier1",
             "error",
             "created_at",
             "completed_at",

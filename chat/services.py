@@ -1,18 +1,18 @@
 """Writes for chat sessions and messages."""
 
-import base64
 import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -22,9 +22,9 @@ from accounts.services import KEY_USE_PRECISION
 from moonborn_site.ids import new_message_id
 from personas.models import Persona, PersonaStep
 
-from .drift import centroid
-from .models import ChatSession, Message
-from .scoring import embed_reply, recalibrate, warm_up
+from .drift import CALIBRATION_VERSION, centroid
+from .models import ChatSession, DriftJob, Message
+from .scoring import calibrate_persona, tier0
 
 # Weight of the newest reply in a session's drift average.
 EWMA_WEIGHT = 0.3
@@ -101,10 +101,30 @@ def persona_voice(*, persona_id: str, updated_at: datetime) -> PersonaVoice:
         "system_prompt",
         "post_history_instructions",
         "drift_anchors",
+        "drift_samples",
+        "calibration_replies",
         "anchor_vectors",
         "calibration",
         "embedding_model",
     )[0]
+    embedder = tier0()
+    if row["embedding_model"] != embedder.model_id or (row["calibration"] or {}).get("version") != CALIBRATION_VERSION:
+        # Calibrated with another tier-0 table or procedure (or before tiers): calibrate again from its texts, once.
+        calibrated = calibrate_persona(
+            embedder,
+            anchors=row["drift_anchors"] or [""],
+            samples=row["drift_samples"],
+            reviewed=list((row["calibration_replies"] or {}).values()),
+        )
+        Persona.objects.filter(pk=persona_id).update(
+            anchor_vectors=calibrated.anchor_vectors,
+            embedding_model=calibrated.embedding_model,
+            calibration=calibrated.calibration,
+            drift_threshold=calibrated.threshold,
+        )
+        row["anchor_vectors"] = calibrated.anchor_vectors
+        row["embedding_model"] = calibrated.embedding_model
+        row["calibration"] = calibrated.calibration
     output = PersonaStep.objects.filter(persona_id=persona_id, name="voice_print").values_list("output", flat=True)
     steps: dict[str, Any] = output.first() or {}
     voice = PersonaVoice(
@@ -198,25 +218,27 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
             made.append((number, user_id, reply_id, index))
             rows.append(
                 (user_id, sid, index, Message.Role.USER, request.content, Message.Status.COMPLETED, "", "", False)
-                + (empty, "", at)
+                + (empty, empty, "", at)
             )
             rows.append(
                 (reply_id, sid, index + 1, Message.Role.ASSISTANT, "", Message.Status.STREAMING, request.model, "")
-                + (False, empty, "", at)
+                + (False, empty, empty, "", at)
             )
         cursor.execute(sql.messages(len(rows)), sql.table(rows))
+        # Each reply's tier-1 job, made with it: scored after it ends, however it ends (chat.tier1).
+        cursor.execute(sql.drift_jobs(len(made)), sql.table([(reply_id, at, "", 0) for _, _, reply_id, _ in made]))
         _insert_usage(cursor, sql, requests, owners, made, at)
         cursor.execute(sql.touch(len(ids)), [at, *sql.in_list(ids)])
     for number, user_id, reply_id, index in made:
         request = requests[number]
         owner_id = owners[number]
         assert owner_id is not None
-        _, persona_id, persona_name, _, persona_version, embedding_model, *_ = sessions[request.session_id]
+        _, persona_id, persona_name, _, persona_version, *_ = sessions[request.session_id]
         voice = persona_voice(persona_id=persona_id, updated_at=persona_version)
         bleed = [
             (pid, version)
             for pid, version, model in read.others.get(owner_id, ())
-            if pid != persona_id and model == embedding_model
+            if pid != persona_id and model == voice.embedding_model
         ][:BLEED_PERSONAS_LIMIT]
         outcomes[number] = (
             owner_id,
@@ -230,7 +252,7 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
                 voice=voice,
                 history=tuple(read.histories.get(request.session_id, ())),
                 user_content=request.content,
-                other_centroids=_stacked_centroids(bleed, embedding_model),
+                other_centroids=_stacked_centroids(bleed),
             ),
         )
     return outcomes
@@ -342,6 +364,7 @@ class _TurnSql:
         self.key, self.user = q(ApiKey._meta.db_table), q(get_user_model()._meta.db_table)
         self.session, self.persona = q(ChatSession._meta.db_table), q(Persona._meta.db_table)
         self.message, self.usage_table = q(Message._meta.db_table), q(UsageRecord._meta.db_table)
+        self.drift_job = q(DriftJob._meta.db_table)
         self.index = q("index")
         # Only the session rows are locked (PostgreSQL): one turn at a time per session, any number per persona.
         self.lock = " FOR UPDATE OF s" if connection.features.has_select_for_update_of else ""
@@ -477,10 +500,13 @@ class _TurnSql:
 
     def messages(self, n: int) -> str:
         columns = (
-            f"id, session_id, {self.index}, role, content, status, model, error, flagged, drift_components, review,"
-            " created_at"
+            f"id, session_id, {self.index}, role, content, status, model, error, flagged, drift_components,"
+            " tier1_components, review, created_at"
         )
-        return f"INSERT INTO {self.message} ({columns}) {self._table(n, 12)}"
+        return f"INSERT INTO {self.message} ({columns}) {self._table(n, 13)}"
+
+    def drift_jobs(self, n: int) -> str:
+        return f"INSERT INTO {self.drift_job} (message_id, created_at, claimed_by, attempts) {self._table(n, 4)}"
 
     def usage(self, n: int) -> str:
         return (
@@ -524,7 +550,7 @@ _centroids_lock = threading.Lock()
 CENTROID_CACHE_SIZE = 4096
 
 
-def _stacked_centroids(personas: list[tuple[str, Any]], embedding_model: str) -> bytes:
+def _stacked_centroids(personas: list[tuple[str, Any]]) -> bytes:
     """Anchor centroids of these personas, in order, as float32 rows (b"" if none or of mixed sizes)."""
     if not personas:
         return b""
@@ -539,10 +565,9 @@ def _stacked_centroids(personas: list[tuple[str, Any]], embedding_model: str) ->
             else:
                 missing.append(key)
     if missing:
-        rows = Persona.objects.filter(pk__in=[pid for pid, _ in missing]).values_list(
-            "id", "anchor_vectors", "drift_anchors"
-        )
-        loaded = {pid: _anchor_centroid(bytes(raw), anchors) for pid, raw, anchors in rows}
+        rows = Persona.objects.filter(pk__in=[pid for pid, _ in missing]).values_list("id", "anchor_vectors")
+        dim = tier0().dim
+        loaded = {pid: _anchor_centroid(bytes(raw), dim) for pid, raw in rows}
         with _centroids_lock:
             for key in missing:
                 found[key[0]] = _centroids[key] = loaded.get(key[0])
@@ -554,11 +579,11 @@ def _stacked_centroids(personas: list[tuple[str, Any]], embedding_model: str) ->
     return np.stack(centroids).tobytes()
 
 
-def _anchor_centroid(raw: bytes, anchors: list[str]) -> "np.ndarray | None":
+def _anchor_centroid(raw: bytes, dim: int) -> "np.ndarray | None":
     vectors = np.frombuffer(raw, dtype=np.float32)
-    if not raw or not anchors or vectors.size % len(anchors):
+    if not raw or vectors.size % dim:
         return None
-    return centroid(vectors.reshape(len(anchors), -1)).astype(np.float32)
+    return centroid(vectors.reshape(-1, dim)).astype(np.float32)
 
 
 @transaction.atomic
@@ -646,18 +671,17 @@ def message_stop(
 def message_review(*, message_id: str, review: str, reviewer_id: int | None) -> Message:
     """Record an admin's in/out-of-character verdict on a scored reply and recalibrate its persona.
 
-    ``review`` is a ``Message.Review`` value or ``""`` to clear it. An in-character reply's vector joins the persona's
-    calibration set (the newest ``CALIBRATION_REPLIES_LIMIT`` are kept); any other verdict takes it out. The reply is
-    embedded before the transaction, so no database lock is held while the model runs. Raises
-    ``Message.DoesNotExist`` for anything but a scored assistant reply, ``ValueError`` for an unknown verdict.
+    ``review`` is a ``Message.Review`` value or ``""`` to clear it. An in-character reply joins the persona's
+    calibration set (the newest ``CALIBRATION_REPLIES_LIMIT`` are kept); any other verdict takes it out. Tier 0 is
+    calibrated again at once (the static table: milliseconds); tier 1's calibration is dropped, and the tier-1
+    worker makes it again the next time it scores one of the persona's replies. Raises ``Message.DoesNotExist`` for
+    anything but a scored assistant reply, ``ValueError`` for an unknown verdict.
     """
     if review not in {"", *Message.Review.values}:
         raise ValueError(f"unknown review {review!r}")
     message = Message.objects.select_related("session").get(
         pk=message_id, role=Message.Role.ASSISTANT, drift_score__isnull=False
     )
-    vector = embed_reply(message.content) if review == Message.Review.IN_CHARACTER else None
-    warm_up()  # the generic-assistant vectors, so the transaction below only does milliseconds of numpy
     now = timezone.now()
     with transaction.atomic():
         Message.objects.filter(pk=message.pk).update(
@@ -666,20 +690,189 @@ def message_review(*, message_id: str, review: str, reviewer_id: int | None) -> 
         persona = Persona.objects.select_for_update().get(pk=message.session.persona_id)
         replies: dict[str, str] = dict(persona.calibration_replies or {})
         replies.pop(message.pk, None)
-        if vector is not None:
-            replies[message.pk] = base64.b64encode(vector.astype(np.float32).tobytes()).decode("ascii")
+        if review == Message.Review.IN_CHARACTER:
+            replies[message.pk] = message.content
         replies = dict(list(replies.items())[-CALIBRATION_REPLIES_LIMIT:])
         persona.calibration_replies = replies
-        if persona.anchor_vectors:
-            calibrated = recalibrate(
-                anchor_vectors=bytes(persona.anchor_vectors),
-                reply_vectors=[base64.b64decode(v) for v in replies.values()],
+        if persona.drift_anchors:
+            calibrated = calibrate_persona(
+                tier0(), anchors=persona.drift_anchors, samples=persona.drift_samples, reviewed=list(replies.values())
             )
+            persona.anchor_vectors = calibrated.anchor_vectors
+            persona.embedding_model = calibrated.embedding_model
             persona.calibration = calibrated.calibration
             persona.drift_threshold = calibrated.threshold
-        persona.save(update_fields=["calibration_replies", "calibration", "drift_threshold", "updated_at"])
+            persona.tier1_calibration = {}
+        persona.save(
+            update_fields=[
+                "calibration_replies",
+                "anchor_vectors",
+                "embedding_model",
+                "calibration",
+                "drift_threshold",
+                "tier1_calibration",
+                "updated_at",
+            ]
+        )
     message.refresh_from_db()
     return message
+
+
+# -- tier 1 (chat.tier1) ------------------------------------------------------------------------------------------
+
+# A job claimed this many times without being scored is given up (its reply keeps its tier-0 score).
+TIER1_MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Tier1Job:
+    message_id: str
+    content: str
+    persona_id: str
+    owner_id: int
+    # Tier 0's verdict (None: the reply ended before tier 0 ran: cancelled, failed, or its process died).
+    tier0_score: float | None
+    tier0_flagged: bool
+    # Replies waiting for tier 1 when the job was taken, this one included.
+    waiting: int
+
+
+@dataclass(frozen=True)
+class Tier1Score:
+    score: float
+    threshold: float
+    flagged: bool
+    components: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Tier1Skip:
+    """A reply tier 1 passed over: tier 0 was certain, and the worker had a backlog (chat.tier1)."""
+
+    reason: str
+    components: dict[str, Any]
+
+
+@dataclass
+class Tier1Persona:
+    """What the tier-1 worker needs of a persona: its texts, and its tier-1 calibration if it has one."""
+
+    id: str
+    owner_id: int
+    name: str
+    anchors: list[str]
+    samples: list[str]
+    reviewed: list[str]
+    tier1_anchor_vectors: bytes
+    tier1_embedding_model: str
+    tier1_calibration: dict[str, Any]
+
+
+def drift_jobs_claim(*, worker_id: str, limit: int, lease_seconds: float) -> list[Tier1Job]:
+    """Claim up to ``limit`` tier-1 jobs whose replies no longer stream (oldest first) for ``lease_seconds``.
+
+    Claimed by an UPDATE that only takes jobs still free, then read back by the claim's id: two workers that pick
+    the same jobs never both get them. Jobs claimed ``TIER1_MAX_ATTEMPTS`` times are given up first.
+    """
+    now = timezone.now()
+    free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+    with transaction.atomic():
+        worn = DriftJob.objects.filter(free, attempts__gte=TIER1_MAX_ATTEMPTS)
+        given_up = list(worn.values_list("message_id", flat=True)[:limit])
+        if given_up:
+            Message.objects.filter(pk__in=given_up).update(
+                tier1_components={"error": f"not scored after {TIER1_MAX_ATTEMPTS} attempts"}
+            )
+            DriftJob.objects.filter(pk__in=given_up).delete()
+        ready = (
+            DriftJob.objects.filter(free, attempts__lt=TIER1_MAX_ATTEMPTS)
+            .exclude(message__status=Message.Status.STREAMING)
+            .order_by("created_at")
+        )
+        ids = list(ready.values_list("message_id", flat=True)[:limit])
+        if not ids:
+            return []
+        waiting = ready.count() if len(ids) == limit else len(ids)
+        claim = f"{worker_id}@{now.timestamp():.6f}"[:64]
+        DriftJob.objects.filter(free, pk__in=ids).update(
+            claimed_by=claim, claimed_until=now + timedelta(seconds=lease_seconds), attempts=F("attempts") + 1
+        )
+        rows = Message.objects.filter(drift_job__claimed_by=claim).values_list(
+            "id", "content", "session__persona_id", "session__owner_id", "drift_score", "flagged"
+        )
+        return [
+            Tier1Job(
+                message_id=m,
+                content=c,
+                persona_id=p,
+                owner_id=o,
+                tier0_score=score,
+                tier0_flagged=flagged,
+                waiting=waiting,
+            )  # fmt: skip
+            for m, c, p, o, score, flagged in rows
+        ]
+
+
+def tier1_personas(*, owner_ids: list[int], persona_ids: list[str]) -> dict[str, Tier1Persona]:
+    """The personas of these replies and their owners' other ready ones (the newest BLEED_PERSONAS_LIMIT each)."""
+    found: dict[str, Tier1Persona] = {}
+    fields = (
+        "id", "owner_id", "name", "drift_anchors", "drift_samples", "calibration_replies", "tier1_anchor_vectors",
+        "tier1_embedding_model", "tier1_calibration",
+    )  # fmt: skip
+    rows = list(Persona.objects.filter(pk__in=persona_ids).values_list(*fields))
+    for owner_id in owner_ids:
+        ready = Persona.objects.filter(owner_id=owner_id, status=Persona.Status.READY).order_by("-created_at")
+        rows += ready.values_list(*fields)[:BLEED_PERSONAS_LIMIT]
+    for pid, owner, name, anchors, samples, reviewed, vectors, model, calibration in rows:
+        found[pid] = Tier1Persona(
+            id=pid,
+            owner_id=int(owner),
+            name=name,
+            anchors=list(anchors or []),
+            samples=list(samples or []),
+            reviewed=list((reviewed or {}).values()),
+            tier1_anchor_vectors=bytes(vectors or b""),
+            tier1_embedding_model=model,
+            tier1_calibration=calibration or {},
+        )
+    return found
+
+
+def persona_tier1_store(*, calibrations: dict[str, Any]) -> None:
+    """Store personas' tier-1 calibrations (``chat.scoring.PersonaCalibration`` by persona id).
+
+    Not a change of the persona as the replies see it, so `updated_at` stays (no cached voice is dropped).
+    """
+    with transaction.atomic():
+        for persona_id, calibrated in calibrations.items():
+            Persona.objects.filter(pk=persona_id).update(
+                tier1_anchor_vectors=calibrated.anchor_vectors,
+                tier1_embedding_model=calibrated.embedding_model,
+                tier1_calibration=calibrated.calibration,
+            )
+
+
+def message_tier1_store(*, worker_id: str, results: dict[str, Tier1Score | Tier1Skip | None]) -> None:
+    """Store the tier-1 outcomes of claimed jobs and delete the jobs: a score; a skip (the time and the reason, no
+    score); or None (nothing to score: an empty reply)."""
+    now = timezone.now()
+    with transaction.atomic():
+        for message_id, result in results.items():
+            if isinstance(result, Tier1Score):
+                Message.objects.filter(pk=message_id).update(
+                    tier1_score=result.score,
+                    tier1_threshold=result.threshold,
+                    tier1_flagged=result.flagged,
+                    tier1_components=result.components,
+                    tier1_scored_at=now,
+                )
+            elif isinstance(result, Tier1Skip):
+                Message.objects.filter(pk=message_id).update(
+                    tier1_components={"skipped": result.reason, **result.components}, tier1_scored_at=now
+                )
+        DriftJob.objects.filter(pk__in=list(results)).delete()
 
 
 def chat_session_delete(*, owner_id: int, session_id: str) -> bool:

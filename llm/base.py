@@ -19,7 +19,7 @@ class ChatMessage:
 @dataclass(frozen=True)
 class CompletionRequest:
     messages: tuple[ChatMessage, ...]
-    # What the call is for ("soul_draft", …, "chat_reply"): real providers ignore it; the offline
+    # What the call is for ("soul_draft", …, "chat_reply", "drift_calibration"): real providers ignore it; the offline
     # demo provider uses it with `context` to write a sensible answer without a model.
     purpose: str
     context: Mapping[str, Any] = field(default_factory=dict)

@@ -223,6 +223,10 @@ class DemoProvider:
         usage.prompt_tokens += sum(count_tokens(m.content) for m in request.messages)
         if request.purpose == "chat_reply":
             deltas: Iterable[str] = iter_chat_reply(request.context, self.reply_tokens)
+        elif request.purpose == "drift_calibration":
+            # The persona's replies to the calibration turns: chat replies, no longer than the request allows (the
+            # reply length setting makes long chat streams for tests and benchmarks, not long personas).
+            deltas = iter_chat_reply(request.context, min(self.reply_tokens, request.max_tokens))
         else:
             # Step answers stream in a few pieces: a demo pipeline takes seconds, not minutes.
             deltas = _chunks(json.dumps(step_output(request.purpose, request.context), ensure_ascii=False), 8)

@@ -3,7 +3,6 @@
 import gc
 import os
 import sys
-import threading
 
 from django.core.asgi import get_asgi_application
 
@@ -13,27 +12,32 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "moonborn_site.settings")
 get_asgi_application()
 
 
-def _check_provider_settings() -> None:
-    """Refuse to start with provider settings that cannot work: one sentence, no traceback."""
-    from llm.providers import configuration_error
+def _check_settings() -> None:
+    """Refuse to start with provider settings that cannot work, or without a tier-0 drift table and the weights to
+    build one: one sentence, no traceback."""
+    from django.conf import settings
 
-    error = configuration_error()
+    from llm.providers import configuration_error
+    from llm.static_embeddings import table_error
+
+    error = configuration_error() or table_error(settings.MOONBORN_CACHE_DIR)
     if error is not None:
         sys.stderr.write(f"Moonborn cannot start: {error}\n")
         raise SystemExit(1)
 
 
-_check_provider_settings()
+_check_settings()
 
 
 def _warm_up() -> None:
     from chat.scoring import warm_up
 
+    # The tier-0 table (built here on a first start, ~30 s of CPU, if scripts/install did not build it).
     warm_up()
 
 
-# Load the embedding model in the background, so the first persona or reply does not wait for it.
-threading.Thread(target=_warm_up, name="moonborn-warm-up", daemon=True).start()
+# Load the tier-0 table before serving, so the first reply does not wait for it.
+_warm_up()
 
 
 # Imported once the apps are loaded (above).
@@ -42,6 +46,19 @@ from runs.lifecycle import StreamGuard, recover_at_start  # noqa: E402
 
 # Runs that a previous process left unfinished become `failed` before anything is served.
 recover_at_start()
+
+
+def _start_tier1_worker() -> None:
+    from django.conf import settings
+
+    from chat.tier1 import spawn_tier1_worker
+
+    if settings.MOONBORN_DRIFT_TIER1_WORKER:
+        # Tier-1 drift scores, after `completed`: a worker process beside this one (chat.tier1).
+        spawn_tier1_worker()
+
+
+_start_tier1_worker()
 
 application = StreamGuard(ByCredentials(PooledASGIHandler(), ApiHandler()))
 

@@ -181,9 +181,21 @@ MOONBORN_REAPER_SECONDS = env.float("MOONBORN_REAPER_SECONDS", default=10.0)
 MOONBORN_SHUTDOWN_DRAIN_SECONDS = env.float("MOONBORN_SHUTDOWN_DRAIN_SECONDS", default=30.0)
 # Partial reply content is written to the database at most this often while a reply streams.
 MOONBORN_PROGRESS_FLUSH_SECONDS = env.float("MOONBORN_PROGRESS_FLUSH_SECONDS", default=1.0)
-# How much lower than the server's the drift embedding thread's CPU priority is (0: the same). Under load the
-# cores go to streaming tokens first; scores come as soon as the cores are free.
+# Drift tiers. Tier 0 (a static table distilled from the packaged MiniLM, built once and kept here) scores every
+# reply before `completed`; tier 1 (the embedder of MOONBORN_EMBEDDINGS) scores it again afterwards, off the request
+# path, from a queue in the database.
+MOONBORN_CACHE_DIR = Path(env.str("MOONBORN_CACHE_DIR", default=str(BASE_DIR / "var" / "cache")))
+# How much lower than the server's the tier-1 worker process's CPU priority is (0: the same). Under load the cores go
+# to streaming tokens first; tier-1 scores come as soon as the cores are free.
 MOONBORN_EMBED_NICE = env.int("MOONBORN_EMBED_NICE", default=10)
-# While at most this many replies stream in the process, their finished sentences are embedded as they stream
-# (so `completed` waits only for the last one); with more, each reply is embedded at its end, batched with others.
-MOONBORN_EMBED_AHEAD_MAX_REPLIES = env.int("MOONBORN_EMBED_AHEAD_MAX_REPLIES", default=8)
+# Start a tier-1 worker process beside each server process (false: run `manage.py drift_worker` on its own).
+MOONBORN_DRIFT_TIER1_WORKER = env.bool("MOONBORN_DRIFT_TIER1_WORKER", default=True)
+# Replies per tier-1 batch, how often an idle worker looks for work, and how long a claimed batch stays claimed
+# before another worker may take it (its worker died).
+MOONBORN_DRIFT_TIER1_BATCH = env.int("MOONBORN_DRIFT_TIER1_BATCH", default=16)
+MOONBORN_DRIFT_TIER1_POLL_SECONDS = env.float("MOONBORN_DRIFT_TIER1_POLL_SECONDS", default=1.0)
+MOONBORN_DRIFT_TIER1_LEASE_SECONDS = env.float("MOONBORN_DRIFT_TIER1_LEASE_SECONDS", default=120.0)
+# With more replies waiting than this, tier 1 scores only those tier 0 was unsure of, and a sample (chat.tier1).
+MOONBORN_DRIFT_TIER1_CASCADE_BACKLOG = env.int("MOONBORN_DRIFT_TIER1_CASCADE_BACKLOG", default=64)
+# In-character replies the persona's own model writes at creation, to calibrate drift on (0: none).
+MOONBORN_DRIFT_CALIBRATION_REPLIES = env.int("MOONBORN_DRIFT_CALIBRATION_REPLIES", default=8)

@@ -374,7 +374,8 @@ class PersonaAdmin(admin.ModelAdmin):
                     ),
                 }
             )
-        flagged = [m for m in reversed(replies) if m.flagged and not m.review][:DASHBOARD_FLAGS]
+        # Flagged by either tier (tier 1 scores after `completed`, and may disagree).
+        flagged = [m for m in reversed(replies) if (m.flagged or m.tier1_flagged) and not m.review][:DASHBOARD_FLAGS]
         share = getattr(persona, "flagged_share", None)
         sustained = int(getattr(persona, "sustained_sessions", 0) or 0)
         health = drift_health(int(getattr(persona, "reply_count", 0) or 0), share, sustained)

@@ -6,7 +6,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from chat.scoring import PersonaCalibration, calibrate_persona
+from chat.scoring import PersonaCalibration, calibrate_persona, tier0
 
 from .cards import ImportedCard, anchor_texts_from_card, card_v3
 from .models import STEP_NAMES, Persona, PersonaStep
@@ -36,12 +36,14 @@ def persona_card(*, persona: Persona) -> dict[str, Any]:
             for step in persona.steps.all()
         ],
         "driftAnchors": list(persona.drift_anchors),
+        "driftSamples": list(persona.drift_samples),
         "embeddingModel": persona.embedding_model,
         "driftThreshold": persona.drift_threshold,
         "calibration": {
             "version": calibration.get("version"),
             "alpha": calibration.get("alpha"),
             "anchors": calibration.get("n_anchors"),
+            "samples": calibration.get("n_samples", 0),
             "reviewedReplies": calibration.get("n_replies", 0),
         },
     }
@@ -54,11 +56,13 @@ class PreparedImport:
 
     card: ImportedCard
     anchors: list[str]
+    samples: list[str]
     calibrated: PersonaCalibration
 
 
 def card_import_prepare(*, card: ImportedCard) -> PreparedImport:
-    """Choose the drift anchors (Moonborn's own, else the card's dialogue) and calibrate on them.
+    """Choose the drift anchors and samples (Moonborn's own, else the card's greetings and dialogue) and calibrate
+    tier 0 on them (tier 1 is calibrated by the tier-1 worker, off the request).
 
     The calibration is always recomputed here: figures carried in a file are informative only, so an edited card
     cannot lower its own drift flags.
@@ -66,7 +70,9 @@ def card_import_prepare(*, card: ImportedCard) -> PreparedImport:
     anchors = list(card.moonborn.get("driftAnchors") or []) or anchor_texts_from_card(card.data)
     if not anchors:
         anchors = [card.name]
-    return PreparedImport(card=card, anchors=anchors, calibrated=calibrate_persona(anchors))
+    samples = list(card.moonborn.get("driftSamples") or [])
+    calibrated = calibrate_persona(tier0(), anchors=anchors, samples=samples)
+    return PreparedImport(card=card, anchors=anchors, samples=samples, calibrated=calibrated)
 
 
 @transaction.atomic
@@ -87,6 +93,7 @@ def persona_import(*, owner_id: int, prepared: PreparedImport) -> Persona:
         system_prompt=str(card.data.get("system_prompt") or ""),
         post_history_instructions=str(card.data.get("post_history_instructions") or ""),
         drift_anchors=prepared.anchors,
+        drift_samples=prepared.samples,
         anchor_vectors=prepared.calibrated.anchor_vectors,
         embedding_model=prepared.calibrated.embedding_model,
         drift_threshold=prepared.calibrated.threshold,

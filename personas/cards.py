@@ -228,16 +228,17 @@ def _moonborn(value: Any) -> dict[str, Any]:
     out = dict(value)
     if "prompt" in out and not isinstance(out["prompt"], str):
         raise CardError("data.extensions.moonborn.prompt must be a string.")
-    anchors = out.get("driftAnchors")
-    if anchors is not None and (
-        not isinstance(anchors, list)
-        or not all(isinstance(a, str) and 0 < len(a) <= MAX_ANCHOR_CHARS for a in anchors)
-        or len(anchors) > MAX_ANCHORS
-    ):
-        raise CardError(
-            f"data.extensions.moonborn.driftAnchors must be a list of at most {MAX_ANCHORS} non-empty strings "
-            f"of at most {MAX_ANCHOR_CHARS} characters."
-        )
+    for key in ("driftAnchors", "driftSamples"):
+        texts = out.get(key)
+        if texts is not None and (
+            not isinstance(texts, list)
+            or not all(isinstance(a, str) and 0 < len(a) <= MAX_ANCHOR_CHARS for a in texts)
+            or len(texts) > MAX_ANCHORS
+        ):
+            raise CardError(
+                f"data.extensions.moonborn.{key} must be a list of at most {MAX_ANCHORS} non-empty strings "
+                f"of at most {MAX_ANCHOR_CHARS} characters."
+            )
     steps = out.get("steps")
     valid_steps = isinstance(steps, list) and all(
         isinstance(s, dict) and isinstance(s.get("step"), str) and isinstance(s.get("output", {}), dict) for s in steps

@@ -31,8 +31,16 @@ class Persona(models.Model):
     embedding_model = models.CharField(max_length=100, blank=True)
     drift_threshold = models.FloatField(null=True, blank=True)
     calibration = models.JSONField(default=dict, blank=True)
+    # In-character replies the persona's own model wrote at creation (the calibration call of `card_compile`): with
+    # the anchors they are the texts drift is calibrated on, and `anchor_vectors` holds the vectors of both.
+    drift_samples = models.JSONField(default=list, blank=True)
     # Replies an admin marked in character, which join the calibration set: message id -> base64 float32 vector.
     calibration_replies = models.JSONField(default=dict, blank=True)
+    # Tier 1 of drift (the full embedder, run after `completed` by the tier-1 worker): the same texts' vectors and
+    # calibration, made by the worker the first time it scores one of this persona's replies.
+    tier1_anchor_vectors = models.BinaryField(blank=True, default=b"")
+    tier1_embedding_model = models.CharField(max_length=100, blank=True)
+    tier1_calibration = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

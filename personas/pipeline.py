@@ -1,17 +1,38 @@
 """The six-step persona generation flow: an async generator of small typed events."""
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from chat.scoring import calibrate_persona
+from django.conf import settings
+
+from chat.drift import hard_rule_hits
+from chat.replies import reply_messages
+from chat.scoring import calibrate_persona, tier0
 from llm.base import CompletionRequest, Provider, ProviderError, Usage, complete
 from runs.db import db
 from runs.events import Event
 
 from . import services
-from .steps import STEPS, PipelineState, build_messages, card_data, drift_anchor_texts, json_schema, parse_output
+from .steps import (
+    CALIBRATION_TURNS,
+    STEPS,
+    PipelineState,
+    build_messages,
+    card_data,
+    drift_anchor_texts,
+    json_schema,
+    parse_output,
+)
+
+logger = logging.getLogger(__name__)
+
+# Calibration replies asked of the model at a time (all of them: the persona waits for the slowest), and the length
+# each may take (a long-winded persona's replies run to ~600 tokens; 400 keep their register and cap the cost).
+CALIBRATION_CONCURRENCY = 8
+CALIBRATION_MAX_TOKENS = 400
 
 
 @dataclass(frozen=True)
@@ -26,11 +47,61 @@ def _ms(since: float) -> int:
     return int((time.monotonic() - since) * 1000)
 
 
+async def calibration_samples(
+    job: PipelineInput, provider: Provider, state: PipelineState, anchors: list[str], usage: Usage
+) -> list[str]:
+    """The persona's own model, playing it, answers the calibration turns: in-character replies as real replies are
+    written (their length, their format), which drift's null is fitted on.
+
+    Each call is a chat reply with the compiled system prompt, counted in the generation's usage. A call that fails
+    or breaks character (a hard rule fires) gives no sample: calibration is thinner, never wrong. At most
+    ``CALIBRATION_CONCURRENCY`` calls at a time.
+    """
+    compiled = state.outputs["card_compile"]
+    name = str(state.get("soul_draft", "name") or state.name_hint)
+    turns = CALIBRATION_TURNS[: max(0, settings.MOONBORN_DRIFT_CALIBRATION_REPLIES)]
+    gate = asyncio.Semaphore(CALIBRATION_CONCURRENCY)
+    usages = [Usage() for _ in turns]
+
+    async def ask(number: int, turn: str) -> str:
+        request = CompletionRequest(
+            messages=reply_messages(
+                system_prompt=compiled["system_prompt"],
+                history=(),
+                user_content=turn,
+                post_history_instructions=compiled["post_history_instructions"],
+            ),
+            purpose="drift_calibration",
+            context={
+                "persona": {"id": job.persona_id, "name": name, "lines": anchors, "catchphrases": []},
+                "user_message": turn,
+                "turn": number,
+            },
+            max_tokens=CALIBRATION_MAX_TOKENS,
+        )
+        async with gate:
+            try:
+                return await complete(provider, request, usages[number])
+            except ProviderError as exc:
+                logger.warning("persona %s: a calibration reply failed (%s)", job.persona_id, exc)
+                return ""
+
+    try:
+        answers = await asyncio.gather(*(ask(number, turn) for number, turn in enumerate(turns)))
+    finally:
+        usage.prompt_tokens += sum(u.prompt_tokens for u in usages)
+        usage.completion_tokens += sum(u.completion_tokens for u in usages)
+    samples = [" ".join(a.split()) for a in answers]
+    return [s for s in samples if s and not hard_rule_hits(s, name)]
+
+
 async def generate_persona(job: PipelineInput, provider: Provider) -> AsyncIterator[Event]:
     """Run the six steps in order, persisting each, and end with `pipeline.completed`."""
     started = time.monotonic()
     usage = Usage()
     state = PipelineState(prompt=job.prompt, name_hint=job.name_hint)
+    # The steps the model answered in prose: the character's voice is recovered from their quoted speech.
+    prose_answers: list[str] = []
     finished = False
     stop_status, error = "failed", ""
     try:
@@ -54,10 +125,13 @@ async def generate_persona(job: PipelineInput, provider: Provider) -> AsyncItera
             text = await complete(provider, request, usage)
             result = parse_output(step, text, state)
             state = state.with_output(step, result.output)
-            duration = _ms(step_started)
+            if not result.parsed_json:
+                prose_answers.append(text)
             if step == "card_compile":
-                anchors = drift_anchor_texts(state)
-                calibrated = await asyncio.to_thread(calibrate_persona, anchors)
+                anchors = drift_anchor_texts(state, prose_answers=prose_answers)
+                samples = await calibration_samples(job, provider, state, anchors, usage)
+                calibrated = await asyncio.to_thread(calibrate_persona, tier0(), anchors=anchors, samples=samples)
+            duration = _ms(step_started)
             # The name the upstream reported (e.g. a dated snapshot), else the configured one.
             model = usage.model or provider.model
             await db(
@@ -80,6 +154,7 @@ async def generate_persona(job: PipelineInput, provider: Provider) -> AsyncItera
             system_prompt=compiled["system_prompt"],
             post_history_instructions=compiled["post_history_instructions"],
             drift_anchors=anchors,
+            drift_samples=samples,
             anchor_vectors=calibrated.anchor_vectors,
             embedding_model=calibrated.embedding_model,
             drift_threshold=calibrated.threshold,

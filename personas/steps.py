@@ -7,11 +7,13 @@ filled from the earlier steps and recorded in `StepResult.fallback_fields`.
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llm.base import ChatMessage
+
+from .prose import prose_name, read_prose, voice_lines
 
 FieldKind = Literal["str", "list", "pairs", "lore", "examples"]
 
@@ -106,6 +108,20 @@ STEP_GUIDANCE: dict[str, str] = {
         "invariants after the chat history, and 3-6 tags."
     ),
 }
+
+# What the persona's model is asked, in character, when the persona is made: replies to these are drift's
+# calibration samples (personas.pipeline.calibration_samples). Varied on purpose: a greeting, its life, its people,
+# its limits, the AI question, an off-topic request, the user upset, the user asking about themself.
+CALIBRATION_TURNS: tuple[str, ...] = (
+    "Hello! Who am I talking to?",
+    "What did you get up to today?",
+    "Tell me about someone who matters to you.",
+    "What's one thing you would never do, whatever happened?",
+    "Wait, are you an AI?",
+    "Can you help me write a cover letter for a marketing job?",
+    "I've had an awful week and I don't really know why I'm telling you this.",
+    "So what do you make of me so far?",
+)
 
 _KIND_HINT: dict[FieldKind, str] = {
     "str": '"..."',
@@ -227,17 +243,6 @@ def extract_json_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-def _prose_fields(text: str) -> dict[str, str]:
-    """Read `Key: value` lines (markdown bold and bullets allowed) from prose."""
-    found: dict[str, str] = {}
-    for line in text.splitlines():
-        match = re.match(r"^\s*[-*#\s]*\**([A-Za-z][A-Za-z _'-]{1,40}?)\**\s*[:：]\s*(.+)$", line)
-        if match:
-            key = re.sub(r"[\s'-]+", "_", match.group(1).strip().lower())
-            found.setdefault(key, match.group(2).strip().strip("*").strip())
-    return found
-
-
 def _as_str(value: Any) -> str | None:
     if isinstance(value, str) and value.strip():
         return value.strip()
@@ -305,7 +310,9 @@ def parse_output(step: str, text: str, state: PipelineState) -> StepResult:
     data = extract_json_object(text)
     parsed_json = data is not None
     if data is None:
-        data = dict(_prose_fields(text))
+        # Prose (or JSON broken off half way): keep what the model wrote, field by field.
+        known_name = state.name_hint or state.get("soul_draft", "name") or ""
+        data = read_prose(step, text, STEP_FIELDS[step], name=known_name).values
     normalised = {re.sub(r"[\s-]+", "_", str(k).strip().lower()): v for k, v in data.items()}
     parsed = {name: _COERCE[kind](normalised.get(name)) for name, kind in STEP_FIELDS[step].items()}
     # Defaults may build on what this same answer did give (a hook for the invariants, say).
@@ -340,12 +347,14 @@ def fallback_values(step: str, state: PipelineState, *, raw_text: str = "") -> d
         state.name_hint
         or state.get("soul_draft", "name")
         # A model that answered in prose usually still introduces the character by name.
-        or _name_in(raw_text)
+        or prose_name(raw_text)
         or _name_from_prompt(state.prompt)
     )
     prose = _prose_paragraph(raw_text)
     hook = state.get("soul_draft", "hook") or _first_sentence(state.prompt)
-    invariants = list(state.get("soul_draft", "invariants") or [f"{name} is {hook[0].lower() + hook[1:]}"])
+    # "Mara is the last keeper…", or the hook as it is when it already starts with the name.
+    invariant = hook if hook.startswith(name.split()[0]) else f"{name} is {hook[0].lower() + hook[1:]}"
+    invariants = list(state.get("soul_draft", "invariants") or [invariant])
     values = list(state.get("soul_draft", "core_values") or ["honesty", "curiosity"])
     likes = list(state.get("psyche_profile", "likes") or values)
     catchphrases = list(state.get("voice_print", "catchphrases") or [])
@@ -397,11 +406,6 @@ def fallback_values(step: str, state: PipelineState, *, raw_text: str = "") -> d
             "examples": [{"user": "Who are you?", "reply": f"I'm {name}. {hook}"}],
         }
     return compile_card(state)
-
-
-def _name_in(text: str) -> str | None:
-    match = re.search(r"\b(?:[Nn]amed|[Cc]alled|Meet|[Nn]ame is)\s+([A-Z][\w'-]+(?:\s+[A-Z][\w'-]+)?)", text)
-    return match.group(1) if match else None
 
 
 def _name_from_prompt(prompt: str) -> str:
@@ -460,21 +464,28 @@ def compile_card(state: PipelineState) -> dict[str, Any]:
     }
 
 
-def drift_anchor_texts(state: PipelineState) -> list[str]:
-    """The texts a reply in character should sound like: greetings, example replies, catchphrases."""
+def drift_anchor_texts(state: PipelineState, *, prose_answers: Sequence[str] = ()) -> list[str]:
+    """The texts a reply in character should sound like: greetings, example replies, catchphrases, and the quoted
+    speech of the steps the model answered in prose (``prose_answers``: the character's voice in its own words)."""
     dialogue = state.outputs.get("dialogue_seed", {})
     voice = state.outputs.get("voice_print", {})
+    examples = dialogue.get("examples") or []
     texts: list[str] = []
     for text in (
         [dialogue.get("first_message", "")]
         + list(dialogue.get("alternate_greetings") or [])
-        + [ex.get("reply", "") for ex in dialogue.get("examples") or []]
+        + [ex.get("reply", "") for ex in examples]
         + list(voice.get("catchphrases") or [])
+        + voice_lines(prose_answers, user_lines=[ex.get("user", "") for ex in examples])
     ):
         text = " ".join(str(text).split())
         if text and text not in texts:
             texts.append(text)
-    return texts[:40]
+    # A line inside another (a catchphrase the examples already say) is not a second piece of evidence: as two
+    # anchors it would make the persona look more uniform than it is.
+    folded = [t.lower() for t in texts]
+    kept = [t for t, f in zip(texts, folded, strict=True) if not any(f != o and f in o for o in folded)]
+    return kept[:40]
 
 
 def card_data(state: PipelineState, compiled: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """Run short synchronous database work from async code without holding a connection."""
 
+import functools
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
@@ -43,22 +45,41 @@ def _call_and_close(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
 # never changes. Asking `connections["default"]` on every call would make a new connection object on the event loop
 # in each new context (each request's, each run's: ~50 µs), and building a SyncToAsync costs ~9 µs.
 _run_in_thread: Callable[..., Awaitable[Any]] | None = None
+_sqlite_thread: ThreadPoolExecutor | None = None
+_made_lock = threading.Lock()
 
 
-def _wrapper() -> Callable[..., Awaitable[Any]]:
-    """`_call_and_close` for async callers: in one thread for all the work on a SQLite database, in the loop's pool
-    for a database server.
+def _sqlite_executor() -> ThreadPoolExecutor | None:
+    """The one thread that does all the work on a SQLite database (None for a database server).
 
     SQLite takes one writer at a time, and a writer that finds it taken sleeps and retries (for up to 100 ms
     a time): under load, writes from several threads wait on each other far longer than they take. In one
     thread they simply queue, and that thread keeps its connection.
     """
+    global _sqlite_thread
+    if connections["default"].vendor != "sqlite":
+        return None
+    with _made_lock:
+        if _sqlite_thread is None:
+            _sqlite_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+    return _sqlite_thread
+
+
+def _wrapper() -> Callable[..., Awaitable[Any]]:
+    """`_call_and_close` for async callers: in the SQLite thread, or in the loop's pool for a database server."""
     global _run_in_thread
     if _run_in_thread is None:
-        sqlite = connections["default"].vendor == "sqlite"
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite") if sqlite else None
-        _run_in_thread = sync_to_async(_call_and_close, thread_sensitive=False, executor=executor)
+        _run_in_thread = sync_to_async(_call_and_close, thread_sensitive=False, executor=_sqlite_executor())
     return _run_in_thread
+
+
+def db_sync(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """`db` for a background thread (not the event loop): the call runs in the SQLite thread, so that it queues
+    behind the requests' writes instead of contending with them for the file, or here for a database server."""
+    executor = _sqlite_executor()
+    if executor is None:
+        return _call_and_close(fn, *args, **kwargs)
+    return executor.submit(functools.partial(_call_and_close, fn, *args, **kwargs)).result()
 
 
 async def db(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:

@@ -47,3 +47,19 @@ class MessageFactory(factory.django.DjangoModelFactory):
     drift_score = 0.2
     drift_threshold = 0.95
     flagged = False
+
+
+def calibrated_persona(*, anchors: list[str], samples: list[str] = (), **fields: object) -> Persona:  # type: ignore[assignment]
+    """A ready persona with these drift anchors and samples, calibrated for tier 0 as the pipeline calibrates it."""
+    from chat.scoring import calibrate_persona, tier0
+
+    calibrated = calibrate_persona(tier0(), anchors=anchors, samples=list(samples))
+    return PersonaFactory(
+        drift_anchors=list(anchors),
+        drift_samples=list(samples),
+        anchor_vectors=calibrated.anchor_vectors,
+        embedding_model=calibrated.embedding_model,
+        drift_threshold=calibrated.threshold,
+        calibration=calibrated.calibration,
+        **fields,
+    )

@@ -4,7 +4,6 @@ import io
 import json
 import re
 import zipfile
-from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -12,31 +11,24 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from django.utils import timezone
 
+from bench import drift_set
 from chat.charts import Point, histogram, line_chart, sparkline
 from chat.models import Message
-from chat.scoring import calibrate_persona
 from personas.admin import drift_health
 from personas.cards import card_v3, png_with_card
 from personas.models import Persona
-from tests.factories import ChatSessionFactory, MessageFactory, PersonaFactory, UserFactory
+from tests.factories import ChatSessionFactory, MessageFactory, PersonaFactory, UserFactory, calibrated_persona
 
 pytestmark = pytest.mark.django_db
 
-LABELLED = json.loads((Path(__file__).parent / "fixtures" / "drift_labelled.json").read_text(encoding="utf-8"))
-ZED = LABELLED["personas"]["Zed"]
+_ZED = next(p for p in drift_set.load("dev") if p.name == "Zed")
+ZED = {"anchors": _ZED.anchors, "samples": _ZED.samples, "in_character": _ZED.in_character, "generic": _ZED.generic}
 
 
 def zed_with_chats() -> tuple[Persona, list[Message]]:
     """Zed, calibrated on the labelled anchors, with two sessions: one calm, one drifting (three flagged replies)."""
-    calibrated = calibrate_persona(ZED["anchors"])
-    persona = PersonaFactory(
-        name="Zed",
-        drift_anchors=ZED["anchors"],
-        anchor_vectors=calibrated.anchor_vectors,
-        embedding_model=calibrated.embedding_model,
-        drift_threshold=calibrated.threshold,
-        calibration=calibrated.calibration,
-    )
+    persona = calibrated_persona(anchors=ZED["anchors"], samples=ZED["samples"], name="Zed")
+    threshold = persona.drift_threshold
     calm = ChatSessionFactory(persona=persona, drift_ewma=0.3)
     drifting = ChatSessionFactory(persona=persona, drift_ewma=0.99, drift_streak=3, sustained_drift_at=timezone.now())
     flagged = []
@@ -50,8 +42,8 @@ def zed_with_chats() -> tuple[Persona, list[Message]]:
             index=2 * i + 1,
             content=ZED["generic"][i] if score > 0.99 else ZED["in_character"][5],
             drift_score=score,
-            drift_threshold=calibrated.threshold,
-            flagged=score > calibrated.threshold,
+            drift_threshold=threshold,
+            flagged=score > threshold,
         )
         if message.flagged:
             flagged.append(message)
@@ -77,7 +69,8 @@ def test_dashboard_shows_the_three_charts_the_sessions_and_the_flagged_replies(a
     by_turn = svg(html, "chart-by-turn")
     assert by_turn.count("<circle") == 7 and "<polyline" not in by_turn
     hist = svg(html, "chart-histogram")
-    assert "replies (7)" in hist and "calibration set (66)" in hist
+    # The calibration's null: every point as often as it counts (the samples weigh half of it).
+    assert "replies (7)" in hist and f"calibration set ({len(persona.calibration['null_distances'])})" in hist
     assert hist.count('class="calibration"') == 1
     assert 'id="flag-rate">42.9%<' in html  # 3 of 7
     assert 'id="sustained-sessions">1<' in html

@@ -164,9 +164,10 @@ def test_bench_smoke_turns_by_conversation_length():
 def test_bench_smoke_turn_batches_alone_and_with_a_busy_thread():
     head, *rows = run_bench("turns.py", "--batch", "6", "--turns", "2")
     assert head.endswith(": a batch of 6 turns' database work (ms)"), head
-    # BEGIN, the reads, the two inserts, the sessions' update: the same statements for every size.
+    # BEGIN, the reads, the three inserts (messages, tier-1 jobs, usage), the sessions' update: the same statements
+    # for every size.
     assert [re.sub(r"median \d+\.\d · max \d+\.\d", "N", row) for row in rows] == [
-        f"  {when}, {way} each time: N · 5 statements"
+        f"  {when}, {way} each time: N · 6 statements"
         for when in ("alone", "with a busy thread")
         for way in ("the same size", "a new size")
     ]

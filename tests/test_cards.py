@@ -8,7 +8,7 @@ import zlib
 import pytest
 from rest_framework.test import APIClient
 
-from chat.scoring import calibrate_persona
+from chat.scoring import calibrate_persona, tier0
 from personas.cards import (
     CardError,
     anchor_texts_from_card,
@@ -61,7 +61,7 @@ SILLYTAVERN_V2 = {
 
 
 def make_persona(owner=None) -> Persona:
-    calibrated = calibrate_persona(ANCHORS)
+    calibrated = calibrate_persona(tier0(), anchors=ANCHORS)
     persona = PersonaFactory(
         owner=owner or UserFactory(),
         name="Captain Redbeard",
@@ -259,7 +259,8 @@ def test_sillytavern_v2_card_imports_and_keeps_unknown_extensions() -> None:
     assert persona.name == "Seraphina"
     assert persona.prompt == "Imported chara_card_v2 card: Seraphina"
     assert persona.drift_anchors == anchor_texts_from_card(SILLYTAVERN_V2["data"])
-    assert len(bytes(persona.anchor_vectors)) == 4 * 384 * 4
+    assert len(bytes(persona.anchor_vectors)) == 4 * tier0().dim * 4  # float32 rows of the tier-0 table
+    assert persona.drift_samples == [] and persona.calibration["n_samples"] == 0  # an import asks no model
     assert persona.calibration["n_anchors"] == 4 and persona.drift_threshold == pytest.approx(0.95 ** (1 / 3))
     assert persona.steps.count() == 0
     exported = json.loads(client.get(f"/v1/personas/{persona.id}/card").content)

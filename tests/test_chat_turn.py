@@ -10,9 +10,10 @@ from django.test.utils import CaptureQueriesContext
 from accounts.models import ApiKey, UsageRecord
 from accounts.services import api_key_create, api_key_revoke
 from chat.models import ChatSession, Message
+from chat.scoring import tier0
 from chat.services import ChatConflict, ReplyJob, TurnRequest, message_create_turn, message_create_turns
 from personas.models import Persona
-from tests.factories import ChatSessionFactory, MessageFactory, PersonaFactory
+from tests.factories import ChatSessionFactory, MessageFactory, PersonaFactory, calibrated_persona
 
 pytestmark = pytest.mark.django_db
 
@@ -26,21 +27,21 @@ def turn(session: ChatSession, text: str) -> ReplyJob:
 
 
 def test_replies_share_their_persona_until_it_changes_and_then_read_it_again() -> None:
-    session = ChatSessionFactory(persona__system_prompt="You keep the lamp.", persona__calibration={"version": 1})
-    persona = session.persona
+    persona = calibrated_persona(anchors=["Mind the lamp.", "Tea first."], system_prompt="You keep the lamp.")
+    session = ChatSessionFactory(persona=persona, owner=persona.owner)
     first = turn(session, "Hello.")
     second = turn(session, "Still there?")
-    assert (first.voice.system_prompt, first.voice.calibration) == ("You keep the lamp.", {"version": 1})
+    assert (first.voice.system_prompt, first.voice.calibration) == ("You keep the lamp.", persona.calibration)
     # The same persona version: one shared copy, not one per reply.
     assert second.voice is first.voice
 
     persona.system_prompt = "You keep the lamp, and the logbook."
-    persona.calibration = {"version": 2}
     persona.save()
     third = turn(session, "And now?")
+    assert third.voice is not first.voice
     assert (third.voice.system_prompt, third.voice.calibration) == (
         "You keep the lamp, and the logbook.",
-        {"version": 2},
+        persona.calibration,
     )
     assert [third.turn, third.history[-2:]] == [2, (("user", "Still there?"), ("assistant", "Aye."))]
 
@@ -204,16 +205,19 @@ def test_a_turn_compares_with_the_owners_newest_other_personas_first(monkeypatch
     session = ChatSessionFactory(owner=owner, persona__owner=owner)
     made = datetime(2026, 1, 1, tzinfo=UTC)
     # Other personas whose anchors all point along one axis each: their centroid tells which persona it is.
+    dim, model = tier0().dim, tier0().model_id
     for axis, days in ((1, 3), (2, 1), (3, 2), (4, 4)):
-        vectors = np.zeros((2, 384), dtype=np.float32)
+        vectors = np.zeros((2, dim), dtype=np.float32)
         vectors[:, axis] = 1.0
-        other = PersonaFactory(owner=owner, drift_anchors=["a", "b"], anchor_vectors=vectors.tobytes())
+        other = PersonaFactory(
+            owner=owner, drift_anchors=["a", "b"], anchor_vectors=vectors.tobytes(), embedding_model=model
+        )
         Persona.objects.filter(pk=other.pk).update(created_at=made + timedelta(days=days))
     monkeypatch.setattr(services, "BLEED_PERSONAS_LIMIT", 3)
     request = TurnRequest(session_id=session.pk, content="Hello.", provider="demo", model="demo", key=key)
     (outcome,) = message_create_turns(requests=[request])
     assert isinstance(outcome, tuple)
-    centroids = np.frombuffer(outcome[1].other_centroids, dtype=np.float32).reshape(-1, 384)
+    centroids = np.frombuffer(outcome[1].other_centroids, dtype=np.float32).reshape(-1, dim)
     assert list(centroids.argmax(axis=1)) == [4, 1, 3]
 
 

@@ -19,18 +19,23 @@ import pytest
 
 from chat.drift import (
     CALIBRATION_VERSION,
-    DISTANCE_PRIOR,
     Calibration,
     DriftResult,
+    PieceCounts,
     TailFit,
+    TailPrior,
     calibrate,
     fit_tail,
     generic_assistant_texts,
     hard_rule_hits,
+    null_scores,
+    register_model,
+    register_statistic,
     score_reply,
     student_t_sf,
     tail_p_value,
 )
+from chat.scoring import pieces, register
 from llm.embeddings import get_embedder
 
 PERSONAS: dict[str, dict[str, list[str]]] = {
@@ -281,14 +286,28 @@ def personas(generic_vectors: np.ndarray) -> dict[str, Persona]:
     for name, data in PERSONAS.items():
         texts = {**data, "hard_rule": HARD_RULE_REPLIES[name]}
         vectors = {kind: embedder.embed(items) for kind, items in texts.items()}
-        calibration = calibrate(vectors["anchors"], generic_vectors=generic_vectors)
+        calibration = calibrate(
+            vectors["anchors"],
+            generic_vectors=generic_vectors,
+            register=register(),
+            reference_pieces=pieces(data["anchors"]),
+        )
         out[name] = Persona(name, vectors["anchors"], calibration, texts, vectors)
     return out
 
 
 def _score(p: Persona, kind: str, generic_vectors: np.ndarray) -> list[DriftResult]:
     return [
-        score_reply(text, vec, p.anchors, p.calibration, generic_vectors=generic_vectors, persona_name=p.name)
+        score_reply(
+            text,
+            vec,
+            p.anchors,
+            p.calibration,
+            generic_vectors=generic_vectors,
+            register=register(),
+            reply_pieces=pieces([text])[0],
+            persona_name=p.name,
+        )
         for text, vec in zip(p.texts[kind], p.vectors[kind], strict=True)
     ]
 
@@ -316,7 +335,7 @@ def test_generic_assistant_replies_go_over_threshold(personas: dict[str, Persona
     assert len(results) == 36
     assert len(missed) <= 1, [(r.score, r.components) for r in missed]
     # the embedding components do the work here, not the hard rules
-    assert all(not r.hard_rule_hits and r.rule in {"centroid_distance", "generic_margin"} for r in results)
+    assert all(not r.hard_rule_hits and r.rule in {"centroid_distance", "generic_register"} for r in results)
 
 
 def test_hard_rule_replies_score_one(personas: dict[str, Persona], generic_vectors: np.ndarray) -> None:
@@ -337,7 +356,7 @@ def test_scores_in_unit_interval_and_components(personas: dict[str, Persona], ge
                 assert 0.0 <= r.score <= 1.0
                 assert r.threshold == p.calibration.threshold
                 assert r.flagged == (r.score > r.threshold)
-                for key in ("centroid_distance", "centroid_p", "generic_margin", "generic_p", "hard_rule_p"):
+                for key in ("centroid_distance", "centroid_p", "generic_register", "generic_p", "hard_rule_p"):
                     assert math.isfinite(r.components[key])
                 assert 0.0 <= r.components["centroid_p"] <= 1.0
                 assert 0.0 <= r.components["generic_p"] <= 1.0
@@ -361,15 +380,20 @@ def test_threshold_is_about_one_minus_alpha(personas: dict[str, Persona]) -> Non
         assert 0.98 < c.threshold < 0.99
         assert c.n_anchors == 12
         assert c.version == CALIBRATION_VERSION and c.is_current
-        assert len(c.centroid_distances) == len(c.generic_margins) == 12
         assert c.pseudo_reply_size == 2
-        assert len(c.null_distances) == len(c.null_margins) == 66
-        assert list(c.null_distances) == sorted(c.null_distances)
+        assert len(c.null_distances) == len(c.null_registers) == 66
+        assert c.persona_pieces is not None and c.persona_pieces.total > 12
+        assert list(c.sorted_distances) == sorted(c.null_distances)
 
 
 def test_deterministic(personas: dict[str, Persona], generic_vectors: np.ndarray) -> None:
     p = personas["Inspector Ashworth"]
-    again = calibrate(p.anchors.copy(), generic_vectors=generic_vectors.copy())
+    again = calibrate(
+        p.anchors.copy(),
+        generic_vectors=generic_vectors.copy(),
+        register=register(),
+        reference_pieces=pieces(p.texts["anchors"]),
+    )
     assert again == p.calibration
     first = _score(p, "generic", generic_vectors)
     second = _score(p, "generic", generic_vectors)
@@ -423,7 +447,7 @@ def test_calibrate_any_number_of_anchors(n: int, generic_vectors: np.ndarray, pe
     anchors = np.concatenate([p.anchors for p in personas.values()])[:n]
     cal = calibrate(anchors, generic_vectors=generic_vectors)
     assert cal.n_anchors == n
-    assert len(cal.centroid_distances) == (n if n >= 2 else 0)
+    assert len(cal.null_distances) == (0 if n < 2 else n if n < 4 else n * (n - 1) // 2)
     assert cal.pseudo_reply_size == (2 if n >= 4 else 1)
     r = score_reply("Arr!", anchors[0], anchors, cal, generic_vectors=generic_vectors)
     assert 0.0 <= r.score <= 1.0
@@ -465,9 +489,13 @@ def test_student_t_sf_known_values() -> None:
         student_t_sf(1.0, 0.0)
 
 
+# A prior on the scale of the values below (the maths of the tails does not depend on which component it is).
+PRIOR = TailPrior(mean=0.53, sd=0.06, mean_weight=1.0, sd_weight=4.0, sd_floor=0.02)
+
+
 def test_tail_p_value_edge_cases() -> None:
     null = tuple(sorted([0.40, 0.42, 0.45, 0.47, 0.50, 0.52, 0.55, 0.60]))
-    fit = fit_tail(null, prior=DISTANCE_PRIOR)
+    fit = fit_tail(null, prior=PRIOR)
     assert tail_p_value(math.inf, null, fit) == 0.0
     assert tail_p_value(-math.inf, null, fit) == 1.0
     with pytest.raises(ValueError, match="NaN"):
@@ -482,24 +510,24 @@ def test_tail_p_value_edge_cases() -> None:
     assert tail_p_value(0.60, null, fit) >= 1 / 9
     assert tail_p_value(0.60 + 1e-9, null, fit) < 1 / 9
     # empty null: the platform prior alone (wider tail than with data)
-    prior_only = fit_tail((), prior=DISTANCE_PRIOR)
-    assert prior_only.loc == DISTANCE_PRIOR.mean and prior_only.df == DISTANCE_PRIOR.sd_weight
+    prior_only = fit_tail((), prior=PRIOR)
+    assert prior_only.loc == PRIOR.mean and prior_only.df == PRIOR.sd_weight
     assert tail_p_value(0.9, (), prior_only) > tail_p_value(0.9, null, fit)
-    assert tail_p_value(DISTANCE_PRIOR.mean, (), prior_only) == pytest.approx(0.5)
+    assert tail_p_value(PRIOR.mean, (), prior_only) == pytest.approx(0.5)
 
 
 def test_fit_tail_shrinks_and_floors() -> None:
     constant = [0.5] * 10  # identical anchors: zero spread must not make every reply "far"
-    fit = fit_tail(constant, prior=DISTANCE_PRIOR)
-    assert fit.scale >= DISTANCE_PRIOR.sd_floor
+    fit = fit_tail(constant, prior=PRIOR)
+    assert fit.scale >= PRIOR.sd_floor
     assert fit.scale > 0.02
-    few = fit_tail([0.8, 0.8], prior=DISTANCE_PRIOR)
-    many = fit_tail([0.8] * 200, prior=DISTANCE_PRIOR)
-    assert DISTANCE_PRIOR.mean < few.loc < many.loc <= 0.8  # shrunk toward the prior when n is small
+    few = fit_tail([0.8, 0.8], prior=PRIOR)
+    many = fit_tail([0.8] * 200, prior=PRIOR)
+    assert PRIOR.mean < few.loc < many.loc <= 0.8  # shrunk toward the prior when n is small
     assert few.df < many.df
-    assert fit_tail([0.4, 0.6], n_eff=10, prior=DISTANCE_PRIOR).df == DISTANCE_PRIOR.sd_weight + 10
+    assert fit_tail([0.4, 0.6], n_eff=10, prior=PRIOR).df == PRIOR.sd_weight + 10
     with pytest.raises(ValueError, match="non-finite"):
-        fit_tail([0.5, math.nan], prior=DISTANCE_PRIOR)
+        fit_tail([0.5, math.nan], prior=PRIOR)
     assert TailFit.from_dict(fit.to_dict()) == fit
 
 
@@ -572,6 +600,85 @@ def test_hard_rule_hits_format() -> None:
 
 def test_generic_assistant_texts() -> None:
     texts = generic_assistant_texts()
-    assert 35 <= len(texts) <= 60
+    assert 300 <= len(texts) <= 500
     assert len(set(texts)) == len(texts)
     assert all(t.strip() for t in texts)
+
+
+# --- the register and the samples (synthetic data) ---------------------------------------------------------------
+
+
+def test_piece_counts_count_remove_and_look_up() -> None:
+    counts = PieceCounts.of([[5, 3, 5], [9], []])
+    assert counts.ids.tolist() == [3, 5, 9] and counts.counts.tolist() == [1.0, 2.0, 1.0] and counts.total == 4
+    assert counts.lookup(np.array([5, 4, 9, 100, 0])).tolist() == [2.0, 0.0, 1.0, 0.0, 0.0]
+    less = counts.minus([[5], [9]])
+    assert less.counts.tolist() == [1.0, 1.0, 0.0] and less.total == 2
+    assert PieceCounts.from_dict(json.loads(json.dumps(counts.to_dict()))) == counts
+    assert PieceCounts.of([]).lookup(np.array([1])).tolist() == [0.0]
+
+
+def test_register_prefers_the_language_that_wrote_the_reply() -> None:
+    # Pieces 0-9 are the assistant's words, 10-19 the persona's, on a vocabulary of 100.
+    model = register_model([[0, 1, 2, 3], [4, 5, 6, 7, 8, 9], [0, 2, 4]], vocabulary=100)
+    persona = PieceCounts.of([[10, 11, 12], [13, 14, 15, 16], [17, 18, 19, 10]])
+    assistant_like = register_statistic([0, 1, 2, 4], model, persona)
+    persona_like = register_statistic([10, 11, 13, 17], model, persona)
+    mixed = register_statistic([0, 1, 10, 11], model, persona)
+    assert assistant_like > mixed > persona_like
+    assert assistant_like > 0 > persona_like
+    assert register_statistic([], model, persona) == -math.inf
+    assert register_statistic([500, -1], model, persona) == -math.inf  # out-of-vocabulary ids are ignored
+    assert np.exp(model.log_generic).sum() == pytest.approx(1.0)
+
+
+def test_samples_weigh_three_quarters_of_the_null_and_each_is_scored_as_a_new_reply() -> None:
+    rng = np.random.default_rng(3)  # test data only; the library itself uses no randomness
+    anchors = rng.standard_normal((6, 16))
+    samples = rng.standard_normal((4, 16))
+    generic = rng.standard_normal((5, 16))
+    model = register_model([[1, 2, 3]], vocabulary=50)
+    reference_pieces = [[10 + i, 20 + i] for i in range(10)]
+    cal = calibrate(
+        anchors, generic_vectors=generic, sample_vectors=samples, register=model, reference_pieces=reference_pieces
+    )
+    pairs = 6 * 5 // 2
+    each = math.ceil(0.75 * pairs / (0.25 * 4))  # SAMPLE_SHARE 0.75
+    assert (cal.n_anchors, cal.n_samples, cal.n_reference) == (6, 4, 10)
+    # One value per null point (the anchors' pairs, then each sample alone), and how much each counts.
+    assert len(cal.null_distances) == len(cal.null_registers) == pairs + 4
+    assert cal.null_counts == (1,) * pairs + (each,) * 4
+    assert sum(cal.null_counts[pairs:]) / sum(cal.null_counts) == pytest.approx(0.75, abs=0.02)
+    # The first sample, left out: its distance to the centroid of the other nine texts.
+    reference = np.concatenate([anchors, samples]) / np.linalg.norm(np.concatenate([anchors, samples]), axis=1)[:, None]
+    rest = reference.sum(axis=0) - reference[6]
+    expected = math.log(1 - float(reference[6] @ (rest / np.linalg.norm(rest))))
+    assert cal.null_distances[pairs] == pytest.approx(expected, abs=1e-6)
+    # The empirical tail counts each point once; the fit counts the samples as often as they weigh.
+    assert cal.sorted_distances == tuple(sorted(cal.null_distances))
+    assert len(null_scores(cal)) == len(cal.null_distances)
+    with pytest.raises(ValueError, match="reference_pieces"):
+        calibrate(anchors, generic_vectors=generic, sample_vectors=samples, register=model, reference_pieces=[[1]])
+    with pytest.raises(ValueError, match="reply_pieces"):
+        calibrate(
+            anchors, generic_vectors=generic, sample_vectors=samples, register=model,
+            reference_pieces=reference_pieces, reply_vectors=samples[:2], reply_pieces=[[1]],
+        )  # fmt: skip
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+
+
+def test_a_short_reply_is_judged_on_its_register_alone() -> None:
+    rng = np.random.default_rng(5)
+    anchors = rng.standard_normal((8, 16))
+    generic = rng.standard_normal((5, 16))
+    model = register_model([[1, 2, 3]], vocabulary=50)
+    cal = calibrate(anchors, generic_vectors=generic, register=model, reference_pieces=[[10 + i] for i in range(8)])
+    far = -anchors.mean(axis=0)  # the opposite of the persona: as far out as a vector goes
+    others = rng.standard_normal((2, 16))
+    long = score_reply("x", far, anchors, cal, generic_vectors=generic, register=model, reply_pieces=[10] * 25,
+                       other_centroids=others)  # fmt: skip
+    short = score_reply("x", far, anchors, cal, generic_vectors=generic, register=model, reply_pieces=[10] * 12,
+                        other_centroids=others)  # fmt: skip
+    assert long.flagged and long.components["short_reply"] == 0.0
+    assert not short.flagged and short.components["short_reply"] == 1.0
+    assert short.components["centroid_p"] == short.components["bleed_p"] == 1.0

@@ -1,43 +1,31 @@
 """The drift feedback loop and the session-level signals: reviews recalibrate a persona, EWMA, sustained drift."""
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from accounts.models import UsageRecord
+from bench import drift_set
 from chat import services
-from chat.drift import calibrate, centroid, generic_assistant_texts
+from chat.drift import calibrate, centroid, hard_rule_hits, priors_for
 from chat.models import Message
-from chat.scoring import calibrate_persona, embed_reply, score_text
-from llm.embeddings import get_embedder
+from chat.scoring import DRIFT_ALPHA, embed_replies, generic_vectors, pieces, register, score_tier0, tier0
 from personas.models import Persona
-from tests.factories import ChatSessionFactory, MessageFactory, PersonaFactory, UserFactory
+from tests.factories import ChatSessionFactory, MessageFactory, PersonaFactory, UserFactory, calibrated_persona
 
 pytestmark = pytest.mark.django_db
 
-LABELLED = json.loads((Path(__file__).parent / "fixtures" / "drift_labelled.json").read_text(encoding="utf-8"))
-LADY = LABELLED["personas"]["Lady Marigold Fairweather"]
-ZED = LABELLED["personas"]["Zed"]
+DEV = {p.name: p for p in drift_set.load("dev")}
+LADY = DEV["Lady Marigold Fairweather"]
+ZED = DEV["Zed"]
 
 
-def ready_persona(data: dict, name: str, owner=None) -> Persona:
-    calibrated = calibrate_persona(data["anchors"])
-    return PersonaFactory(
-        owner=owner or UserFactory(),
-        name=name,
-        drift_anchors=data["anchors"],
-        anchor_vectors=calibrated.anchor_vectors,
-        embedding_model=calibrated.embedding_model,
-        drift_threshold=calibrated.threshold,
-        calibration=calibrated.calibration,
-    )
+def ready_persona(data: drift_set.LabelledPersona, name: str, owner: object = None) -> Persona:
+    return calibrated_persona(anchors=data.anchors, samples=data.samples, name=name, owner=owner or UserFactory())
 
 
 def score(persona: Persona, text: str, other_centroids: bytes = b"") -> float:
     persona.refresh_from_db()
-    return score_text(
+    return score_tier0(
         text,
         anchor_vectors=bytes(persona.anchor_vectors),
         calibration=persona.calibration,
@@ -48,8 +36,8 @@ def score(persona: Persona, text: str, other_centroids: bytes = b"") -> float:
 
 def test_in_character_review_joins_the_calibration_and_lowers_that_replys_score() -> None:
     persona = ready_persona(LADY, "Lady Marigold Fairweather")
-    # The labelled set's held-out in-character reply that this persona's anchors alone flag.
-    text = LADY["in_character"][8]
+    # The reply of hers that her calibration finds the most out of character: an admin says it is in character.
+    text = max((t for t in LADY.generic if not hard_rule_hits(t, LADY.name)), key=lambda t: score(persona, t))
     before = score(persona, text)
     assert before > persona.drift_threshold
     session = ChatSessionFactory(persona=persona)
@@ -61,19 +49,25 @@ def test_in_character_review_joins_the_calibration_and_lowers_that_replys_score(
     message.refresh_from_db()
     assert message.review == "in_character" and message.reviewed_at is not None
     assert persona.calibration["n_replies"] == 1
-    assert persona.calibration["n_anchors"] == 12
+    assert persona.calibration["n_anchors"] == len(LADY.anchors)
+    assert persona.calibration["n_samples"] == len(LADY.samples)
     after = score(persona, text)
     assert after < before
-    assert after <= persona.drift_threshold
-    # The calibration is exactly what calibrate() makes from the anchors plus that reply.
-    embedder = get_embedder()
+    # The calibration is exactly what calibrate() makes from the anchors and samples plus that reply.
+    embedder = tier0()
     expected = calibrate(
-        np.frombuffer(bytes(persona.anchor_vectors), dtype=np.float32).reshape(-1, 384),
-        generic_vectors=embedder.embed(generic_assistant_texts()),
-        reply_vectors=np.stack([embed_reply(text)]),
+        embedder.embed(LADY.anchors),
+        generic_vectors=generic_vectors(embedder),
+        alpha=DRIFT_ALPHA,
+        sample_vectors=embed_replies(embedder, LADY.samples),
+        reply_vectors=embed_replies(embedder, [text]),
+        priors=priors_for(embedder.model_id),
+        register=register(),
+        reference_pieces=pieces(LADY.anchors + LADY.samples),
+        reply_pieces=pieces([text]),
     )
     assert persona.calibration == expected.to_dict()
-    assert list(persona.calibration_replies) == [message.pk]
+    assert persona.calibration_replies == {message.pk: text}
 
     # Out of character (or cleared) takes it out of the calibration set again.
     services.message_review(message_id=message.pk, review=Message.Review.OUT_OF_CHARACTER, reviewer_id=None)
@@ -104,20 +98,41 @@ def test_other_persona_centroids_are_the_owners_other_ready_personas() -> None:
     raw = services.message_create_turn(
         owner_id=owner.id, session_id=session.pk, content="Hello.", provider="demo", model="demo"
     ).other_centroids
-    rows = np.frombuffer(raw, dtype=np.float32).reshape(-1, 384)
-    expected = centroid(np.frombuffer(bytes(zed.anchor_vectors), dtype=np.float32).reshape(-1, 384))
-    assert rows.shape == (1, 384)
+    dim = tier0().dim
+    rows = np.frombuffer(raw, dtype=np.float32).reshape(-1, dim)
+    expected = centroid(np.frombuffer(bytes(zed.anchor_vectors), dtype=np.float32).reshape(-1, dim))
+    assert rows.shape == (1, dim)
     assert np.allclose(rows[0], expected, atol=1e-6)
-    # Zed's own words, scored as Lady Marigold: the bleed toward Zed decides the score.
-    zed_line = ZED["in_character"][6]
-    with_bleed = score_text(
+    # Zed's own words, scored as Lady Marigold: the bleed toward Zed is the component that decides.
+    zed_line = max(ZED.in_character, key=len)
+    with_bleed = score_tier0(
         zed_line,
         anchor_vectors=bytes(lady.anchor_vectors),
         calibration=lady.calibration,
         persona_name=lady.name,
         other_centroids=raw,
     )
-    assert with_bleed.flagged and with_bleed.components["bleed_p"] < 0.01
+    without = score_tier0(
+        zed_line, anchor_vectors=bytes(lady.anchor_vectors), calibration=lady.calibration, persona_name=lady.name
+    )
+    assert with_bleed.components["bleed_p"] < without.components["bleed_p"] == 1.0
+
+
+def test_a_persona_calibrated_with_another_embedder_is_calibrated_again_at_its_next_turn() -> None:
+    """Personas made before the tiers (MiniLM vectors) or with another table: their first turn calibrates tier 0
+    again from their texts, once."""
+    persona = ready_persona(LADY, "Lady Marigold Fairweather")
+    fresh = dict(persona.calibration)
+    Persona.objects.filter(pk=persona.pk).update(
+        embedding_model="sentence-transformers/all-MiniLM-L6-v2", anchor_vectors=b"\0" * 384 * 4, calibration={}
+    )
+    session = ChatSessionFactory(owner=persona.owner, persona=persona)
+    job = services.message_create_turn(
+        owner_id=persona.owner_id, session_id=session.pk, content="Hello.", provider="demo", model="demo"
+    )
+    stored = Persona.objects.get(pk=persona.pk)
+    assert stored.embedding_model == tier0().model_id
+    assert stored.calibration == fresh == job.voice.calibration
 
 
 def complete(message: Message, score_value: float, threshold: float = 0.9) -> None:

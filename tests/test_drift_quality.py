@@ -1,226 +1,125 @@
-"""Drift quality on the committed labelled set (``tests/fixtures/drift_labelled.json``), with the real embedder.
+"""Drift quality on the labelled set (``tests/fixtures/drift/``), both tiers, on the held-out replies.
 
-Five personas, each with 12 anchors, 12 in-character replies (the last 6 held out) and 12 generic-assistant replies.
-Each persona is scored as one owner's roster: the other four are its "other personas" (the bleed component), and their
-in-character replies are the "sounds like another persona" drift.
+13 personas built as the service builds them (``bench/drift_set.py``): five hand-written, three generated through
+the pipeline by a model that answered every step in prose, three imported from community cards, one whose replies
+are one line and one whose replies are 300+ words. Each has 12 held-out in-character and 12 held-out
+generic-assistant replies; the other personas' in-character replies are its other-persona drift. Statistics, priors
+and thresholds were chosen on the dev replies only (``bench/fit_drift_priors.py``; the held-out replies were scored
+once, after: ``tests/fixtures/drift/README.md``). The figures are those of ``bench/RESULTS-drift.md``
+(``bench/drift_quality.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-from concurrent.futures import Future
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import numpy as np
 import pytest
 
-from chat.drift import DriftResult, calibrate, centroid, generic_assistant_texts, score_reply
-from chat.scoring import (
-    CHUNK_MIN_WORDS,
-    DRIFT_ALPHA,
-    EmbeddingQueue,
-    Part,
-    StreamingEmbedding,
-    embed_reply,
-    split_chunks,
-)
-from chat.text import ReplyText
-from llm.embeddings import get_embedder
+from bench import drift_set
+from chat.scoring import CHUNK_MIN_WORDS, DRIFT_ALPHA, split_chunks, tier0, tier1
 
-FIXTURE = Path(__file__).parent / "fixtures" / "drift_labelled.json"
-
-
-@dataclass(frozen=True)
-class Scored:
-    in_character: list[DriftResult]
-    held_out: list[DriftResult]
-    generic: list[DriftResult]
-    other_persona: list[DriftResult]
-
-
-def auroc(positives: list[float], negatives: list[float]) -> float:
-    """Probability that a drifted reply scores above an in-character one (ties count half)."""
-    pos = np.asarray(positives)[:, None]
-    neg = np.asarray(negatives)[None, :]
-    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+# The method before the tiers (MiniLM, anchors only, the parser that dropped prose), on these held-out replies:
+# `bench/drift_quality.py --baseline` (it flagged 37 of their 156 in-character replies). Tier 1 must be no worse.
+BASELINE_GENERIC_AUROC = 0.959
+BASELINE_OTHER_AUROC = 0.891
 
 
 @pytest.fixture(scope="module")
-def labelled() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(FIXTURE.read_text(encoding="utf-8"))
-    return data
+def held_out() -> list[drift_set.LabelledPersona]:
+    return drift_set.load("held_out")
 
 
 @pytest.fixture(scope="module")
-def scored(labelled: dict[str, Any]) -> dict[str, Scored]:
-    embedder = get_embedder()
-    generic_vectors = embedder.embed(generic_assistant_texts())
-    personas = labelled["personas"]
-    held_from = labelled["held_out_from"]
-    # Anchors are embedded whole (as card_compile does), replies the way the chat flow does (chat.scoring).
-    vectors = {
-        name: {k: embedder.embed(v) if k == "anchors" else np.stack([embed_reply(t) for t in v]) for k, v in p.items()}
-        for name, p in personas.items()
-    }
-    centroids = {name: centroid(v["anchors"]) for name, v in vectors.items()}
-    out = {}
-    for name, texts in personas.items():
-        anchors = vectors[name]["anchors"]
-        calibration = calibrate(anchors, generic_vectors=generic_vectors, alpha=DRIFT_ALPHA)
-        others = np.array([c for other, c in centroids.items() if other != name])
-
-        def score(text: str, vec: np.ndarray, *, cal=calibration, a=anchors, o=others, n=name) -> DriftResult:
-            return score_reply(text, vec, a, cal, generic_vectors=generic_vectors, persona_name=n, other_centroids=o)
-
-        own = [score(t, v) for t, v in zip(texts["in_character"], vectors[name]["in_character"], strict=True)]
-        out[name] = Scored(
-            in_character=own,
-            held_out=own[held_from:],
-            generic=[score(t, v) for t, v in zip(texts["generic"], vectors[name]["generic"], strict=True)],
-            other_persona=[
-                score(t, v)
-                for other in personas
-                if other != name
-                for t, v in zip(personas[other]["in_character"], vectors[other]["in_character"], strict=True)
-            ],
-        )
-    return out
+def tier0_figures(held_out: list[drift_set.LabelledPersona]) -> drift_set.Figures:
+    return drift_set.figures(drift_set.score_set(held_out, tier0()))
 
 
-def test_labelled_set_shape(labelled: dict[str, Any]) -> None:
-    personas = labelled["personas"]
-    generic = set(generic_assistant_texts())
-    assert len(personas) >= 5
-    for data in personas.values():
-        assert len(data["anchors"]) == len(data["in_character"]) == len(data["generic"]) == 12
-        assert not set(data["in_character"]) & set(data["anchors"])
-        assert not set(data["generic"]) & generic
-    assert labelled["held_out_from"] == 6
+@pytest.fixture(scope="module")
+def tier1_figures(held_out: list[drift_set.LabelledPersona]) -> drift_set.Figures:
+    return drift_set.figures(drift_set.score_set(held_out, tier1()))
 
 
-def test_generic_assistant_drift_auroc(scored: dict[str, Scored]) -> None:
-    in_char = [r.score for s in scored.values() for r in s.in_character]
-    generic = [r.score for s in scored.values() for r in s.generic]
-    assert len(in_char) == len(generic) == 60
-    # measured 0.999
-    assert auroc(generic, in_char) >= 0.95
+def test_the_labelled_set_looks_like_production(held_out: list[drift_set.LabelledPersona]) -> None:
+    sources = [p.source for p in held_out]
+    assert len(held_out) >= 12
+    assert sources.count("pipeline-prose") >= 3 and sources.count("card") >= 2
+    assert {p.style for p in held_out} >= {"short", "long"}
+    for p in held_out:
+        assert len(p.in_character) >= 12 and len(p.generic) >= 12, p.name
+        assert len(p.anchors) >= 4, p.name
+        if p.style == "short":
+            assert max(len(t.split()) for t in p.in_character) <= 25
+        if p.style == "long":
+            assert min(len(t.split()) for t in p.in_character) >= 300
+    # The held-out replies are not part of what the personas are built from, nor of the dev replies.
+    dev = {p.name: p for p in drift_set.load("dev")}
+    for p in held_out:
+        built = set(p.anchors) | set(p.samples) | set(dev[p.name].in_character) | set(dev[p.name].generic)
+        assert not built & (set(p.in_character) | set(p.generic)), p.name
 
 
-def test_other_persona_drift_auroc(scored: dict[str, Scored]) -> None:
-    # Per persona, so each in-character reply is compared with replies scored against the same persona.
-    pos = [r.score for s in scored.values() for r in s.other_persona]
-    neg = [r.score for s in scored.values() for r in s.in_character]
-    assert len(pos) == 240
-    # measured 0.938
-    assert auroc(pos, neg) >= 0.90
-    assert any(r.rule == "persona_bleed" and r.flagged for s in scored.values() for r in s.other_persona)
+@pytest.mark.parametrize("tier", ["tier0_figures", "tier1_figures"])
+def test_flag_rates_hold_overall(tier: str, request: pytest.FixtureRequest) -> None:
+    # measured: tier 0 5/156 and 148/156, tier 1 8/156 and 141/156
+    figures: drift_set.Figures = request.getfixturevalue(tier)
+    assert figures.false_flag_rate <= DRIFT_ALPHA + 0.05
+    assert figures.generic_flag_rate >= 0.90
 
 
-def test_false_flag_rate_on_held_out_in_character_replies(scored: dict[str, Scored]) -> None:
-    held = [r for s in scored.values() for r in s.held_out]
-    assert len(held) == 30
-    rate = sum(r.flagged for r in held) / len(held)
-    # measured 2/30 = 0.067 at alpha 0.05
-    assert rate <= DRIFT_ALPHA + 0.05, [(r.score, r.rule) for r in held if r.flagged]
+def test_the_verdict_of_completed_holds_on_every_persona(tier0_figures: drift_set.Figures) -> None:
+    """Tier 0 is what `completed` carries: no persona where its threshold fails wholesale, in either direction.
+    (Tier 1 is not held to this: on the one-line persona it flags 8 of 12 generic replies.)"""
+    for name, (own, own_n, generic, generic_n, _, _) in tier0_figures.per_persona.items():
+        assert own_n >= 12 and generic_n >= 12
+        assert own <= 3, (name, own, own_n)
+        assert generic >= 9, (name, generic, generic_n)
 
 
-def test_bleed_component_is_recorded(scored: dict[str, Scored]) -> None:
-    for s in scored.values():
-        for r in s.in_character + s.other_persona:
-            assert 0.0 <= r.components["bleed_p"] <= 1.0
-            assert r.components["bleed_nearest"] in {0.0, 1.0, 2.0, 3.0}
+def test_tier0_ranks_drift(tier0_figures: drift_set.Figures) -> None:
+    # measured 0.990 and 0.952
+    assert tier0_figures.generic_auroc >= 0.97
+    assert tier0_figures.other_auroc >= 0.90
+
+
+def test_tier1_is_no_worse_than_the_method_before_the_tiers(tier1_figures: drift_set.Figures) -> None:
+    # measured 0.984 and 0.954
+    assert tier1_figures.generic_auroc >= BASELINE_GENERIC_AUROC
+    assert tier1_figures.other_auroc >= BASELINE_OTHER_AUROC
+
+
+def test_every_component_is_recorded(held_out: list[drift_set.LabelledPersona]) -> None:
+    scores = drift_set.score_set(held_out[:3], tier0())
+    for s in scores:
+        for r in s.in_character + s.generic + s.other_persona:
+            parts = r.components
+            assert 0.0 <= parts["bleed_p"] <= 1.0 and 0 <= parts["bleed_nearest"] < len(held_out) - 1
             assert r.score == pytest.approx(
-                1.0
-                - min(
-                    r.components["centroid_p"],
-                    r.components["generic_p"],
-                    r.components["bleed_p"],
-                    r.components["hard_rule_p"],
-                )
+                1.0 - min(parts["centroid_p"], parts["generic_p"], parts["bleed_p"], parts["hard_rule_p"])
             )
 
 
-def test_long_replies_are_split_at_sentence_ends(labelled: dict[str, Any]) -> None:
-    text = " ".join(labelled["personas"]["Zed"]["in_character"])
+def test_long_replies_are_split_at_sentence_ends_for_tier1(held_out: list[drift_set.LabelledPersona]) -> None:
+    long = next(p for p in held_out if p.style == "long")
+    text = long.in_character[0]
     chunks = split_chunks(text)
     assert "".join(chunks) == text
     assert len(chunks) > 3
     for chunk in chunks[:-1]:
         assert len(chunk.split()) >= CHUNK_MIN_WORDS
-        assert chunk.rstrip()[-1] in ".!?"
+        assert chunk.rstrip()[-1] in ".!?\u2026\"'\u201d\u2019)*]"
     assert split_chunks("Short one.") == ["Short one."]
     assert split_chunks("") == [""]
 
 
-def test_streaming_embedding_equals_the_offline_embedding(labelled: dict[str, Any]) -> None:
-    text = " ".join(labelled["personas"]["Lady Marigold Fairweather"]["in_character"][:5])
-    words = text.split(" ")
-    deltas = [words[0]] + [" " + w for w in words[1:]]
-    assert "".join(deltas) == text
-
-    async def stream() -> np.ndarray:
-        reply = ReplyText()
-        embedding = StreamingEmbedding(reply)
-        for delta in deltas:
-            reply.append(delta)
-            embedding.feed(delta)
-        return await embedding.vector()
-
-    streamed = asyncio.run(stream())
-    offline = embed_reply(text)
-    # The same chunks, embedded in other batches: equal up to float32 rounding (BLAS sums in another order).
-    assert np.abs(streamed - offline).max() <= 1e-6
-    assert float(np.linalg.norm(offline)) == pytest.approx(1.0, abs=1e-5)
-    # a single chunk is the model's own embedding of the whole text
-    short = labelled["personas"]["Zed"]["in_character"][0]
-    assert np.array_equal(embed_reply(short), get_embedder().embed([short])[0])
-
-
-class _Queue(EmbeddingQueue):
-    """The real queue, told whether it is idle, recording what it is given."""
-
-    def __init__(self, *, idle: bool) -> None:
-        super().__init__()
-        self.is_idle = idle
-        self.batches: list[list[str]] = []
-
-    def idle(self) -> bool:
-        return self.is_idle
-
-    def submit(self, chunks: list[str]) -> list[Future[Part]]:
-        self.batches.append(list(chunks))
-        return super().submit(chunks)
-
-
-@pytest.mark.parametrize(("idle", "ahead_max", "ahead"), [(True, 8, True), (False, 8, False), (True, 0, False)])
-def test_chunks_are_embedded_ahead_only_when_the_queue_is_idle_and_few_replies_stream(
-    labelled: dict[str, Any], settings: Any, idle: bool, ahead_max: int, ahead: bool
-) -> None:
-    # ahead_max 0: even this one reply is more than may embed ahead.
-    settings.MOONBORN_EMBED_AHEAD_MAX_REPLIES = ahead_max
-    text = " ".join(labelled["personas"]["Captain Redbeard"]["in_character"][:5])
-    words = text.split(" ")
-    deltas = [words[0]] + [" " + w for w in words[1:]]
-    chunks = split_chunks(text)
-    queue = _Queue(idle=idle)
-
-    async def stream() -> np.ndarray:
-        reply = ReplyText()
-        embedding = StreamingEmbedding(reply, queue)
-        for delta in deltas:
-            reply.append(delta)
-            embedding.feed(delta)
-        ahead = [chunk for batch in queue.batches for chunk in batch]
-        # Ahead: every finished chunk went ahead, the last one (still open) waits for the end. Else none went.
-        assert ahead == (chunks[:-1] if ahead else [])
-        assert queue.streaming == 1
-        return await embedding.vector()
-
-    vector = asyncio.run(stream())
-    # At the end, whatever had not gone ahead goes in one batch.
-    assert queue.batches[-1] == (chunks[-1:] if ahead else chunks)
-    assert queue.streaming == 0
-    assert np.abs(vector - embed_reply(text)).max() <= 1e-6
+@pytest.mark.parametrize("anchors", [1, 2, 3])
+def test_a_thin_calibration_never_flags_everything(anchors: int) -> None:
+    """A persona with only a line or three to go on (an imported card with a greeting, a model that quoted little)
+    and no samples: its real replies are not flagged wholesale (the dev replies, as a behaviour, not a figure)."""
+    thin = [
+        drift_set.LabelledPersona(p.name, p.source, p.style, p.anchors[:anchors], [], p.in_character, p.generic)
+        for p in drift_set.load("dev")
+    ]
+    figures = drift_set.figures(drift_set.score_set(thin, tier0()))
+    assert figures.false_flag_rate <= DRIFT_ALPHA + 0.05
+    # The bar of the held-out figures, 3 of 12, for the dev part's 48 per persona.
+    assert max(own / total for own, total, *_ in figures.per_persona.values()) <= 0.25
+    # Still not blind: the hard rules, and with more lines the statistics, catch some generic replies.
+    assert figures.generic_flagged > figures.in_character_flagged

@@ -167,3 +167,37 @@ def test_speed_smoke(embedder: Embedder) -> None:
         embedder.embed([text])
         timings.append(time.perf_counter() - start)
     assert sorted(timings)[2] < 0.25
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello\tWorld\x00!",
+        "x\x7fy and x\x00y",
+        "a_b-c don't 100% e.g. <3 snake_case",
+        "A  B\r\nC",
+        "[UNK] and [CLS] kept whole",
+        "a" * 150,
+        "Café naïve — “quotes” 漢字 😀",
+        "",
+        "   ",
+    ],
+)
+def test_static_pieces_are_the_tokenizers(text: str) -> None:
+    from chat.scoring import tier0
+
+    static = tier0()
+    assert static.pieces(text) == static._tokenizer.encode(text, add_special_tokens=False).ids
+    assert static.pieces(text) == static.pieces(text)  # and again, from the word cache
+
+
+def test_static_pieces_match_the_tokenizer_on_every_labelled_text() -> None:
+    from bench import drift_set
+    from chat.scoring import tier0
+
+    static = tier0()
+    texts = [t for p in drift_set.load("dev") for t in p.anchors + p.samples + p.in_character + p.generic]
+    assert len(texts) > 1000
+    assert [static.pieces(t) for t in texts] == [
+        static._tokenizer.encode(t, add_special_tokens=False).ids for t in texts
+    ]

@@ -15,7 +15,7 @@ from django.db import connection
 from accounts.services import api_key_create
 from chat.models import ChatSession, Message
 from chat.services import TurnRequest, message_create_turns
-from tests.factories import ChatSessionFactory, MessageFactory, PersonaFactory
+from tests.factories import ChatSessionFactory, MessageFactory, calibrated_persona
 
 pytestmark = pytest.mark.django_db
 
@@ -78,7 +78,7 @@ def test_a_batch_of_turns_reads_one_row_per_statement_however_many_turns_it_hold
     from django.db.backends.sqlite3.base import SQLiteCursorWrapper
 
     key_row, key = api_key_create(username="alice")
-    personas = PersonaFactory.create_batch(4, owner=key_row.owner, drift_anchors=["a"], anchor_vectors=bytes(4 * 384))
+    personas = [calibrated_persona(anchors=["Aye."], owner=key_row.owner) for _ in range(4)]
     sessions = [ChatSessionFactory(persona=personas[number % 4]) for number in range(25)]
     for session in sessions:
         talk(session, 3)
@@ -106,12 +106,12 @@ def test_a_batch_of_turns_reads_one_row_per_statement_however_many_turns_it_hold
     assert fetched == [1]
 
 
-def test_a_batch_of_turns_runs_the_same_four_statements_whatever_its_size() -> None:
+def test_a_batch_of_turns_runs_the_same_five_statements_whatever_its_size() -> None:
     # Each statement hands the GIL over at least once, and a statement SQLite has not prepared yet once more: a
     # batch's statements are few, and their texts do not depend on how many turns it holds, so the connection's
     # cache of prepared statements serves every size (chat.services._TurnSql.in_list).
     key_row, key = api_key_create(username="alice")
-    personas = PersonaFactory.create_batch(2, owner=key_row.owner, drift_anchors=["a"], anchor_vectors=bytes(4 * 384))
+    personas = [calibrated_persona(anchors=["Aye."], owner=key_row.owner) for _ in range(2)]
     sessions = [ChatSessionFactory(persona=personas[number % 2]) for number in range(10)]
     for session in sessions:
         talk(session, 2)
@@ -137,6 +137,7 @@ def test_a_batch_of_turns_runs_the_same_four_statements_whatever_its_size() -> N
     assert [sql.split()[:3] for sql in three] == [
         ["SELECT", "(SELECT", "json_group_array(json_array(k.key_hash,"],
         ["INSERT", "INTO", '"chat_message"'],
+        ["INSERT", "INTO", '"chat_driftjob"'],
         ["INSERT", "INTO", '"accounts_usagerecord"'],
         ["UPDATE", '"chat_chatsession"', "SET"],
     ]

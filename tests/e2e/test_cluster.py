@@ -360,8 +360,13 @@ def test_a_client_that_stops_reading_is_dropped_without_growing_memory(server_fa
     # A reply far longer than the server can write before the drop: the run produces ~100,000 tokens a second when
     # nothing reads them, and the drop comes a few seconds in (once the socket buffers are full, plus the timeout).
     total = 10_000_000
+    # No tier-1 worker here: loading the full embedder to score the dropped reply would grow the process too, and
+    # this test measures what a stream that nobody reads costs.
     server = server_factory(
-        MOONBORN_SSE_WRITE_TIMEOUT_SECONDS="2", MOONBORN_DEMO_DELAY_MS="0", MOONBORN_DEMO_REPLY_TOKENS=str(total)
+        MOONBORN_SSE_WRITE_TIMEOUT_SECONDS="2",
+        MOONBORN_DEMO_DELAY_MS="0",
+        MOONBORN_DEMO_REPLY_TOKENS=str(total),
+        MOONBORN_DRIFT_TIER1_WORKER="false",
     )
     with server.client() as c:
         persona = c.post("/v1/personas", json={"prompt": "A chatterbox"}, headers=JSON).json()["id"]

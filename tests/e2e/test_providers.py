@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from llm.demo import step_output
-from personas.steps import STEP_FIELDS, STEP_GUIDANCE, STEPS
+from personas.steps import CALIBRATION_TURNS, STEP_FIELDS, STEP_GUIDANCE, STEPS
 from tests.conftest import ROOT, LiveServer, free_port
 from tests.e2e.helpers import JSON, SSE, make_persona, make_session, messages, parse_wire, wait_for
 from tests.fakes.upstream import MODEL_SUFFIX, Answer, Behaviour, Drop, Fail, FakeUpstream, Hang, prompt_tokens, words
@@ -79,7 +79,11 @@ def test_persona_and_chat_stream_the_upstreams_tokens(upstream: tuple[FakeUpstre
         ]
     expected.append(("pipeline.completed", {"personaId": persona_id}))
     assert [(e.event, {k: v for k, v in e.data.items() if k != "durationMs"}) for e in events] == expected
-    assert [step_of(c.body) for c in fake.calls] == list(STEPS)
+    # The six steps, then the persona's own model answering the calibration turns in character (drift's samples).
+    assert [step_of(c.body) for c in fake.calls] == [*STEPS, *[None] * len(CALIBRATION_TURNS)]
+    # (Anthropic's API has the post-history instructions in the user's turn, after a blank line.)
+    asked = [next(m["content"] for m in reversed(c.body["messages"]) if m["role"] == "user") for c in fake.calls[6:]]
+    assert sorted(a.split("\n\n")[0] for a in asked) == sorted(CALIBRATION_TURNS)
     with server.client() as client:
         persona = client.get(f"/v1/personas/{persona_id}").json()
     assert persona["status"] == "ready"
@@ -243,21 +247,26 @@ def test_the_pipeline_completes_when_every_step_answers_in_prose(upstream: tuple
         persona = client.get(f"/v1/personas/{persona_id}").json()
     assert persona["status"] == "ready"
     steps = {s["step"]: s for s in persona["steps"]}
-    # Nothing parsed as JSON: every field came from the fallbacks, and each step says so.
-    assert steps["soul_draft"]["fallbackFields"] == list(STEP_FIELDS["soul_draft"])
+    # Nothing parsed as JSON: the prose gave the name, the hook and the backstory, in the model's own words; the
+    # rest came from the fallbacks, and each step says which.
     assert steps["soul_draft"]["output"]["name"] == "Old Brann"
+    assert (
+        steps["soul_draft"]["output"]["hook"] == "Meet Old Brann, who kept the light at Skerry Head for forty winters."
+    )
+    assert steps["soul_draft"]["fallbackFields"] == [f for f in STEP_FIELDS["soul_draft"] if f not in ("name", "hook")]
     assert steps["lore_weave"]["output"]["backstory"] == (
         "He was born to fisherfolk. His brother drowned young, and the lamp became his penance."
     )
     assert all(s["fallbackFields"] for s in persona["steps"])
     assert persona["systemPrompt"].startswith("You are Old Brann. Stay in character as Old Brann")
     asked_for_json = ["response_format" in c.body for c in fake.calls]
+    calibration = [False] * len(CALIBRATION_TURNS)  # chat replies: never asked for JSON
     if fake.flavour == "openai":
         # The first step asked for a JSON schema, was refused (HTTP 400), and asked again for prose;
         # every later step asked for prose straight away.
-        assert asked_for_json == [True] + [False] * 6
+        assert asked_for_json == [True] + [False] * 6 + calibration
     else:
-        assert asked_for_json == [False] * 6
+        assert asked_for_json == [False] * 6 + calibration
     session_id = make_session(server, persona_id)
     with server.client() as client:
         reply = client.post(f"/v1/chat/sessions/{session_id}/messages", json={"content": "Evening."}, headers=JSON)
@@ -322,11 +331,18 @@ def test_drift_scoring_can_embed_through_the_openai_compatible_server(server_fac
             reply = client.post(f"/v1/chat/sessions/{session_id}/messages", json={"content": "Evening."}, headers=JSON)
         assert reply.status_code == 201, reply.text
         assert reply.json()["content"] == "".join(REPLY)
-        assert 0.0 <= reply.json()["driftScore"] <= 1.0
+        assert 0.0 <= reply.json()["driftScore"] <= 1.0  # tier 0: the static table, no upstream call
+
+        def tier1() -> Any:
+            return messages(server, session_id)[-1]["driftTier1"]
+
+        # Tier 1 embeds through the upstream, after the reply: the persona's texts (its calibration), then the
+        # finished reply, alone.
+        wait_for(lambda: tier1() is not None, timeout=30, interval=0.2)
         embedded = [c.body["input"] for c in fake.calls if c.path == "/v1/embeddings"]
         assert {c.body["model"] for c in fake.calls if c.path == "/v1/embeddings"} == {"fake-embed"}
-        # The finished reply itself was embedded by the server, once.
-        assert [texts for texts in embedded if texts == ["".join(REPLY)]] == [["".join(REPLY)]]
+        assert embedded[-1] == ["".join(REPLY)]
+        assert 0.0 <= tier1()["score"] <= 1.0
         server.stop()
     finally:
         fake.stop()

@@ -50,6 +50,16 @@ export interface ChatSession {
   [key: string]: unknown;
 }
 
+/** Tier 1 of drift: the reply scored again by the full embedder after `completed`, or skipped (tier 0 was
+ * certain while tier 1 had a backlog). */
+export interface DriftTier1 {
+  status: "scored" | "skipped";
+  score: number | null;
+  threshold: number | null;
+  drifted: boolean | null;
+  scoredAt: string;
+}
+
 export interface Message {
   id: string;
   role: "user" | "assistant";
@@ -58,6 +68,8 @@ export interface Message {
   driftScore: number | null;
   driftThreshold: number | null;
   drifted: boolean;
+  /** null until the tier-1 worker has scored the reply (seconds after `completed`). */
+  driftTier1: DriftTier1 | null;
   [key: string]: unknown;
 }
 
