@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -17,7 +18,8 @@ KEY_USE_PRECISION = timedelta(seconds=60)
 @transaction.atomic
 def api_key_create(*, username: str, name: str = "") -> tuple[ApiKey, str]:
     """Create a key for `username` (creating the user if needed); return it and the plain key once."""
-    user, _ = get_user_model().objects.get_or_create(username=username)
+    # A user made here signs in with keys only: an unusable password, so no login form or reset link opens it.
+    user, _ = get_user_model().objects.get_or_create(username=username, defaults={"password": make_password(None)})
     key, prefix = generate_key()
     api_key = ApiKey.objects.create(owner=user, name=name, prefix=prefix, key_hash=hash_key(key))
     return api_key, key
@@ -73,6 +75,12 @@ def idempotency_claim(*, owner_id: int, key: str, kind: str, request_hash: str) 
         return row, True
     except IntegrityError:
         return IdempotencyKey.objects.get(owner_id=owner_id, key=key), False
+
+
+def idempotency_keys_purge() -> int:
+    """Delete every key past its window; return how many. (A key that comes again is replaced at once anyway.)"""
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=timezone.now() - IDEMPOTENCY_TTL).delete()
+    return deleted
 
 
 def idempotency_bind(*, row_id: int, resource_id: str) -> None:

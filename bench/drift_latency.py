@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import shutil
 import socket
 import statistics
@@ -92,6 +93,7 @@ def main() -> None:
         "MOONBORN_DEMO_REPLY_TOKENS": args.tokens,
         "MOONBORN_LOG_LEVEL": "WARNING",
         "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
     }
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
                    capture_output=True)  # fmt: skip

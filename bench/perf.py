@@ -24,14 +24,16 @@ import asyncio
 import json
 import os
 import resource
+import secrets
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,12 +118,19 @@ class Moonborn:
     """A migrated SQLite database, one API key, one ready persona and a pool of chat sessions."""
 
     def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.database = workdir / "bench.sqlite3"
+        self.copies = 0
         self.env = {
             **os.environ,
-            "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
+            "DATABASE_URL": f"sqlite:///{self.database}",
             "MOONBORN_MAX_STREAMS_PER_KEY": "1000000",
+            # One key opens every stream of the load: no per-key request rate (the counting itself stays on).
+            "MOONBORN_RATE_POSTS_PER_MINUTE": "100000000",
+            "MOONBORN_RATE_SESSIONS_PER_MINUTE": "100000000",
             "MOONBORN_LOG_LEVEL": "WARNING",
             "DJANGO_DEBUG": "false",
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
             "MOONBORN_DEMO_DELAY_MS": "0",
         }
         subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=self.env, check=True)
@@ -138,8 +147,14 @@ class Moonborn:
         self.overrides: dict[str, str] = {}
 
     def server_env(self, delay_ms: int, tokens: int) -> dict[str, str]:
+        """A server's environment, with a copy of the database of its own: without Redis a database has one server
+        (runs.lifecycle.sole_server_error), and servers measured side by side must not share one anyway."""
+        self.copies += 1
+        copy = self.workdir / f"bench-{self.copies}.sqlite3"
+        with closing(sqlite3.connect(self.database)) as source, closing(sqlite3.connect(copy)) as target:
+            source.backup(target)
         demo = {"MOONBORN_DEMO_DELAY_MS": str(delay_ms), "MOONBORN_DEMO_REPLY_TOKENS": str(tokens)}
-        return {**self.env, **demo, **self.overrides}
+        return {**self.env, "DATABASE_URL": f"sqlite:///{copy}", **demo, **self.overrides}
 
     def make_sessions(self, count: int) -> None:
         """Create a persona and `count` sessions through the API (one server, then stopped)."""

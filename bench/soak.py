@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -28,6 +29,12 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 FRAME = re.compile(rb"id: (\d+)\nevent: ([a-z.]+)\ndata: [^\n]*\n\n")
+# Prints a session key of a staff user ("soak-ops"): /healthz shows its task counts to staff only.
+STAFF_SESSION = (
+    "from django.contrib.auth import get_user_model; from django.test import Client; "
+    "user, _ = get_user_model().objects.update_or_create(username='soak-ops', defaults={'is_staff': True}); "
+    "client = Client(); client.force_login(user); print(client.cookies['sessionid'].value)"
+)
 
 
 def free_port() -> int:
@@ -83,9 +90,13 @@ async def soak(args: argparse.Namespace) -> dict:
         "MOONBORN_DEMO_DELAY_MS": str(args.delay_ms),
         "MOONBORN_DEMO_REPLY_TOKENS": str(args.tokens),
         "MOONBORN_MAX_STREAMS_PER_KEY": "100000",
+        # One key opens every stream of the load: no per-key request rate (the counting itself stays on).
+        "MOONBORN_RATE_POSTS_PER_MINUTE": "100000000",
+        "MOONBORN_RATE_SESSIONS_PER_MINUTE": "100000000",
         "MOONBORN_DB_POOL_MAX_IDLE_SECONDS": "1",
         "MOONBORN_LOG_LEVEL": "WARNING",
         "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
     }
     py = sys.executable
     subprocess.run([py, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
@@ -96,6 +107,19 @@ async def soak(args: argparse.Namespace) -> dict:
         .stdout.strip()
         .splitlines()[-1]
     )
+    staff_session = (
+        subprocess.run(
+            [py, "manage.py", "shell", "-c", STAFF_SESSION],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    staff = {"sessionid": staff_session}
     ports = [free_port(), free_port()]
     workers = [
         subprocess.Popen(
@@ -148,7 +172,7 @@ async def soak(args: argparse.Namespace) -> dict:
         await asyncio.sleep(2)  # the warm-up streams' last tasks end
         before = {
             "rss_kib": [rss_kib(w.pid) for w in workers],
-            "tasks": [httpx.get(f"{b}/healthz").json()["tasks"] for b in bases],
+            "tasks": [httpx.get(f"{b}/healthz", cookies=staff).json()["tasks"] for b in bases],
             "db_connections": pg_connections(name),
         }
         stats = {"non_2xx": 0, "streams": 0, "tokens": 0, "bad_streams": 0}
@@ -170,7 +194,7 @@ async def soak(args: argparse.Namespace) -> dict:
         await asyncio.sleep(3)
         after = {
             "rss_kib": [rss_kib(w.pid) for w in workers],
-            "tasks": [httpx.get(f"{b}/healthz").json()["tasks"] for b in bases],
+            "tasks": [httpx.get(f"{b}/healthz", cookies=staff).json()["tasks"] for b in bases],
         }
         for _ in range(60):
             after["db_connections"] = pg_connections(name)

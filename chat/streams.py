@@ -24,6 +24,7 @@ from moonborn_site.http import (
     validate,
     wants_stream,
 )
+from moonborn_site.throttle import api_refusal, caller, throttled
 from runs.asgi import (
     ASGIApp,
     LeanRequest,
@@ -38,10 +39,10 @@ from runs.asgi import (
     sse_asgi_headers,
 )
 from runs.db import db
-from runs.hub import InProcessHub, OnDisconnect, get_hub
+from runs.hub import InProcessHub, OnDisconnect, Slot, get_hub
 from runs.idempotency import claim_or_replay
 from runs.sse import sse_response
-from runs.streaming import cancel_owned, check_capacity, resumable, serve_run, sse_frames, start_run
+from runs.streaming import cancel_owned, give_back, reserve_slot, resumable, serve_run, sse_frames, start_run
 
 from . import services
 from .models import ChatSession, Message
@@ -72,8 +73,9 @@ async def message_create(request: HttpRequest, user: AbstractBaseUser, session_i
     claim = await claim_or_replay(request, user.pk, kind="chat", body={"session": session_id, **data})
     if isinstance(claim, str):
         return await _serve(hub, session_id, claim, user.pk, stream=stream, policy=policy, after=last_event_id(request))
+    slot = None
     try:
-        await check_capacity(hub, user.pk)
+        slot = await reserve_slot(hub, user.pk)
         provider = get_provider()
         job = await db(
             services.message_create_turn,
@@ -84,6 +86,8 @@ async def message_create(request: HttpRequest, user: AbstractBaseUser, session_i
             model=provider.model,
         )
     except BaseException as exc:
+        if slot is not None:
+            await give_back(hub, slot)
         if claim is not None:
             await claim.release()
         if isinstance(exc, ChatSession.DoesNotExist):
@@ -94,7 +98,12 @@ async def message_create(request: HttpRequest, user: AbstractBaseUser, session_i
     if claim is not None:
         await claim.bind(job.assistant_message_id)
     await start_run(
-        hub, job.assistant_message_id, owner_id=user.pk, flow=generate_reply(job, provider), on_disconnect=policy
+        hub,
+        job.assistant_message_id,
+        owner_id=user.pk,
+        flow=generate_reply(job, provider),
+        on_disconnect=policy,
+        slot=slot,
     )
     return await _serve(hub, session_id, job.assistant_message_id, user.pk, stream=stream, policy=policy)
 
@@ -146,6 +155,14 @@ async def message_create_fast(scope: Scope, receive: Receive, send: Send, *, ses
 async def _start_fast(scope: Scope, receive: Receive, send: Send, session_id: str, django: ASGIApp) -> SseStream | None:
     """Start the reply and return it ready to relay; None once answered otherwise."""
     request = LeanRequest(scope)
+    scheme, _, key = request.headers.get(b"authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and key.strip():
+        # The same count as Django's ThrottleMiddleware, once: a request handed on to Django is not counted again.
+        scope["moonborn.counted"] = True
+        refusal = await api_refusal("POST", scope["path"], caller({"authorization": f"Bearer {key}"}, {}, ""))
+        if refusal is not None:
+            await send_response(request, throttled(refusal), send)
+            return None
     limit = body_limit()
     body, more = await read_body(receive, limit)
     hub = get_hub()
@@ -153,10 +170,12 @@ async def _start_fast(scope: Scope, receive: Receive, send: Send, session_id: st
     if started is None:
         await django(scope, replaying(body, more, receive), send)
         return None
-    owner_id, job, provider, policy = started
+    owner_id, job, provider, policy, slot = started
     message_id = job.assistant_message_id
     try:
-        await start_run(hub, message_id, owner_id=owner_id, flow=generate_reply(job, provider), on_disconnect=policy)
+        await start_run(
+            hub, message_id, owner_id=owner_id, flow=generate_reply(job, provider), on_disconnect=policy, slot=slot
+        )
     except ApiError as exc:  # the hub could not take the run (its rows are failed now): answer, nothing to retry
         error = error_response(exc.status, exc.message, code=exc.code)
         for name, value in exc.headers.items():
@@ -168,13 +187,16 @@ async def _start_fast(scope: Scope, receive: Receive, send: Send, session_id: st
 
 async def _fast_turn(
     request: LeanRequest, body: bytes, session_id: str, hub: InProcessHub
-) -> tuple[int, services.ReplyJob, Provider, OnDisconnect] | None:
-    """Store the turn of a well-formed streamed request: (owner id, job, provider, policy); None for Django."""
+) -> tuple[int, services.ReplyJob, Provider, OnDisconnect, Slot] | None:
+    """Store the turn of a well-formed streamed request: (owner id, job, provider, policy, the run's slot); None for
+    Django (with no slot kept)."""
     headers = request.headers
     scheme, _, key = headers.get(b"authorization", "").partition(" ")
     key = key.strip()
     if b"idempotency-key" in headers or scheme.lower() != "bearer" or not key:
         return None
+    if not request.host_allowed():
+        return None  # Django's API handler refuses the host (400) before anything is read or stored
     try:
         if not stream_wanted(request.query.get("stream"), headers.get(b"accept", "")):
             return None
@@ -182,21 +204,28 @@ async def _fast_turn(
         data = parse_json_object(body)
         content = plain_message_content(data) or validate(MessageCreateSerializer, data)["content"]
         owner_id = await _key_owner(key)
-        if owner_id is None:
+        if owner_id is None or policy is None:
             return None
-        await check_capacity(hub, owner_id)
+        slot = await reserve_slot(hub, owner_id)
+    except ApiError:
+        return None  # Django's view answers with the error body
+    try:
         provider = get_provider()
         made = await get_turn_writer().create(
             services.TurnRequest(
                 key=key, session_id=session_id, content=content, provider=provider.name, model=provider.model
             )
         )
-    except (ApiError, DatabaseError):
-        # Django's view answers: the error body, or the same turn again (a transient database error).
+    except BaseException as exc:
+        await give_back(hub, slot)
+        if isinstance(exc, ApiError | DatabaseError):
+            # Django's view answers: the error body, or the same turn again (a transient database error).
+            return None
+        raise
+    if not isinstance(made, tuple):
+        await give_back(hub, slot)
         return None
-    if not isinstance(made, tuple) or policy is None:
-        return None
-    return made[0], made[1], provider, policy
+    return made[0], made[1], provider, policy, slot
 
 
 async def _serve(

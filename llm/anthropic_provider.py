@@ -12,7 +12,7 @@ import httpx2
 from anthropic import AsyncAnthropic
 
 from .base import ChatMessage, CompletionRequest, ProviderError, ProviderTimeout, Usage, count_tokens, resilient_stream
-from .openai_provider import status_error
+from .openai_provider import log_upstream_text, status_error
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 
@@ -26,8 +26,8 @@ def upstream_error(exc: BaseException) -> ProviderError:
         if exc.status_code < 400:
             # An `error` event inside a 200 stream (overloaded, say).
             retryable = kind in ("overloaded_error", "api_error", "rate_limit_error", "")
-            text = f"{kind}: {detail}" if detail else kind or "unknown error"
-            return ProviderError(f"The anthropic model provider failed mid-answer ({text[:200]}).", retryable=retryable)
+            log_upstream_text("anthropic", "failed mid-answer", f"{kind}: {detail}" if detail else kind)
+            return ProviderError("The anthropic model provider failed mid-answer.", retryable=retryable)
         return status_error(exc.status_code, detail, provider="anthropic")
     if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
         return ProviderError("The connection to the anthropic model provider failed or was dropped.", retryable=True)

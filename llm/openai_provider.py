@@ -12,6 +12,8 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
+from moonborn_site.logtext import loggable
+
 from .base import CompletionRequest, ProviderError, ProviderTimeout, Usage, count_tokens, resilient_stream
 
 logger = logging.getLogger(__name__)
@@ -29,24 +31,34 @@ def upstream_error(exc: BaseException, *, provider: str) -> ProviderError:
     if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
         return ProviderError(f"The connection to the {provider} model provider failed or was dropped.", retryable=True)
     if isinstance(exc, openai.APIError):
-        detail = _error_message(exc.body) or str(exc)
-        return ProviderError(f"The {provider} model provider reported an error: {detail[:200]}", retryable=True)
+        log_upstream_text(provider, "reported an error", _error_message(exc.body) or str(exc))
+        return ProviderError(f"The {provider} model provider reported an error.", retryable=True)
     return ProviderError(f"The {provider} model provider failed ({type(exc).__name__}).", retryable=True)
+
+
+def log_upstream_text(provider: str, what: str, detail: str) -> None:
+    """Write an upstream's own error text to the server log, escaped and bounded.
+
+    The client's error names the provider and the status only: the upstream's text is a third party's, can say
+    anything (the account, the deployment, the prompt), and is for the operator.
+    """
+    if detail:
+        logger.warning("the %s model provider %s: %s", provider, what, loggable(detail))
 
 
 def status_error(status: int, detail: str, *, provider: str) -> ProviderError:
     """The error for an upstream HTTP status: 408, 409, 429 and 5xx are worth another try."""
     retryable = status in (408, 409, 429) or status >= 500
     if status in (401, 403):
-        # The upstream's message may quote part of the key: say what to fix instead.
+        # The upstream's message may quote part of the key (which is never logged): say what to fix instead.
         return ProviderError(
             f"The {provider} model provider refused the credentials (HTTP {status}); check MOONBORN_LLM_API_KEY.",
             retryable=False,
         )
+    log_upstream_text(provider, f"answered HTTP {status}", detail)
     if status == 429:
         return ProviderError(f"The {provider} model provider is rate limiting requests (HTTP 429).", retryable=True)
-    suffix = f": {detail[:200]}" if detail else "."
-    return ProviderError(f"The {provider} model provider answered HTTP {status}{suffix}", retryable=retryable)
+    return ProviderError(f"The {provider} model provider answered HTTP {status}.", retryable=retryable)
 
 
 def _is_openai_itself(base_url: str) -> bool:

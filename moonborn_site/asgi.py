@@ -13,20 +13,34 @@ get_asgi_application()
 
 
 def _check_settings() -> None:
-    """Refuse to start with provider settings that cannot work, or without a tier-0 drift table and the weights to
-    build one: one sentence, no traceback."""
+    """Refuse to start without a real secret key in production, with provider settings that cannot work, or without
+    a tier-0 drift table and the weights to build one: one sentence, no traceback."""
     from django.conf import settings
 
+    from accounts.checks import secret_key_error
     from llm.providers import configuration_error
     from llm.static_embeddings import table_error
 
-    error = configuration_error() or table_error(settings.MOONBORN_CACHE_DIR)
+    error = secret_key_error() or configuration_error() or table_error(settings.MOONBORN_CACHE_DIR)
     if error is not None:
         sys.stderr.write(f"Moonborn cannot start: {error}\n")
         raise SystemExit(1)
 
 
 _check_settings()
+
+
+def _claim_database() -> None:
+    """Without Redis, refuse to be a second server of the same database (its recovery would fail the first's runs)."""
+    from runs.lifecycle import sole_server_error
+
+    error = sole_server_error()
+    if error is not None:
+        sys.stderr.write(f"Moonborn cannot start: {error}\n")
+        raise SystemExit(1)
+
+
+_claim_database()
 
 
 def _warm_up() -> None:
@@ -41,6 +55,7 @@ _warm_up()
 
 
 # Imported once the apps are loaded (above).
+from moonborn_site.edge import BodyCap  # noqa: E402
 from moonborn_site.handlers import ApiHandler, ByCredentials, PooledASGIHandler  # noqa: E402
 from runs.lifecycle import StreamGuard, recover_at_start  # noqa: E402
 
@@ -60,7 +75,8 @@ def _start_tier1_worker() -> None:
 
 _start_tier1_worker()
 
-application = StreamGuard(ByCredentials(PooledASGIHandler(), ApiHandler()))
+# Bodies are capped before anything reads them (moonborn_site.edge).
+application = StreamGuard(BodyCap(ByCredentials(PooledASGIHandler(), ApiHandler())))
 
 # What start-up loaded lives as long as the process: move it out of the collector's sight, so that full
 # collections (whose cost grows with the heap, thousands of open streams included) do not walk it again.

@@ -4,14 +4,18 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware.security import SecurityMiddleware
 
 from .api import STATUS_CODES, STATUS_MESSAGES, error_response
+from .logtext import loggable
 
 logger = logging.getLogger(__name__)
+security_logger = logging.getLogger("django.security.DisallowedHost")
 
 API_PREFIX = "/v1/"
+HOST_REFUSED = "The Host header names a host this server does not serve."
 
 
 class ApiErrorMiddleware:
@@ -32,17 +36,44 @@ class ApiErrorMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if self.is_async:
             return self.__acall__(request)
+        refused = self.refuse_host(request)
+        if refused is not None:
+            return refused
         response = self.get_response(request)
         assert isinstance(response, HttpResponseBase)
         return self.rewrite(request, response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        refused = self.refuse_host(request)
+        if refused is not None:
+            return refused
         response = await self.get_response(request)  # type: ignore[misc]
         return self.rewrite(request, response)
 
+    @staticmethod
+    def refuse_host(request: HttpRequest) -> HttpResponseBase | None:
+        """A 400 for an API request whose host is not in ALLOWED_HOSTS; None for any other request.
+
+        Django checks the host in CommonMiddleware (`request.get_host()`), which the API handler's middleware
+        (`MOONBORN_API_MIDDLEWARE`) leaves out: the check is made here, for every request under /v1/, so that both
+        handlers refuse a foreign host with the same JSON error.
+        """
+        if not request.path.startswith(API_PREFIX):
+            return None
+        try:
+            request.get_host()
+        except DisallowedHost as exc:
+            # Logged as Django's handler logs it (the host quoted with %r), for the alerts that watch that logger.
+            security_logger.error(str(exc), extra={"status_code": 400, "request": request})
+            return error_response(400, HOST_REFUSED)
+        return None
+
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
         if request.path.startswith(API_PREFIX):
-            logger.exception("unhandled error on %s %s", request.method, request.path, exc_info=exception)
+            # The method and path are the client's text: escaped, so that a CR or LF in them forges no log line.
+            logger.exception(
+                "unhandled error on %s %s", loggable(request.method or ""), loggable(request.path), exc_info=exception
+            )
             return error_response(500)
         return None
 

@@ -4,19 +4,39 @@ from pathlib import Path
 
 import environ
 
+from moonborn_site.secret import local_secret_key
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
-SECRET_KEY = env.str(
-    "DJANGO_SECRET_KEY",
-    # Only good for a local development server; production sets DJANGO_SECRET_KEY.
-    default="insecure-moonborn-development-key-change-me-in-production",
-)
+# Off unless asked for: a deployment that forgets the variable must not serve tracebacks (scripts/dev asks for it).
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# With DEBUG off, a missing, short or well-known key refuses to start (accounts.checks). Without a key a random one
+# is made once for this checkout (var/secret-key), so no key published anywhere ever signs a session or a token.
+SECRET_KEY_FROM_ENV = env.str("DJANGO_SECRET_KEY", default="")
+SECRET_KEY = SECRET_KEY_FROM_ENV or local_secret_key(BASE_DIR / "var" / "secret-key")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+# HTTPS (README, "Production"). Cookies are Secure unless DEBUG is on or the deployment opts out: behind TLS they must
+# be, and a plain-HTTP production is the exception that has to say so.
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=not DEBUG)
+SESSION_COOKIE_HTTPONLY = True
+# Behind a TLS-terminating proxy Django sees plain HTTP: trust the proxy's X-Forwarded-Proto only when told to (a
+# client could send the header itself when nothing strips it).
+if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
+# The load balancer probes /healthz over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# HSTS is remembered by browsers for its whole lifetime: off until the deployment turns it on.
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
+X_FRAME_OPTIONS = "DENY"
 
 INSTALLED_APPS = [
     # First, so `manage.py runserver` serves ASGI (and therefore streams).
@@ -42,6 +62,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Write rates per key or session, and failed sign-ins (moonborn_site.throttle).
+    "moonborn_site.throttle.ThrottleMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -53,6 +75,7 @@ MIDDLEWARE = [
 MOONBORN_API_MIDDLEWARE = [
     "moonborn_site.middleware.ApiErrorMiddleware",
     "moonborn_site.middleware.InlineSecurityMiddleware",
+    "moonborn_site.throttle.ThrottleMiddleware",
 ]
 
 ROOT_URLCONF = "moonborn_site.urls"
@@ -123,6 +146,9 @@ LOGIN_REDIRECT_URL = "/"
 
 # Request bodies: the largest valid body is a chat message of 8000 characters (up to 4 bytes each).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MOONBORN_MAX_BODY_BYTES", default=64 * 1024)
+# Every body is capped before Django reads it (moonborn_site.edge), the largest (a card upload) at 8 MiB and a bit:
+# one that fits is kept in memory, never spooled to a temporary file from the event loop.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 9 * 1024 * 1024
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -173,6 +199,14 @@ MOONBORN_SSE_HEARTBEAT_SECONDS = env.float("MOONBORN_SSE_HEARTBEAT_SECONDS", def
 MOONBORN_SSE_WRITE_TIMEOUT_SECONDS = env.float("MOONBORN_SSE_WRITE_TIMEOUT_SECONDS", default=60.0)
 MOONBORN_EVENT_RETENTION_SECONDS = env.float("MOONBORN_EVENT_RETENTION_SECONDS", default=600.0)
 MOONBORN_MAX_STREAMS_PER_KEY = env.int("MOONBORN_MAX_STREAMS_PER_KEY", default=20)
+# Requests per minute per API key (or browser session), counted in every worker together when REDIS_URL is set; 0:
+# no limit. Every POST counts against the first; imports and new chat sessions against their own too.
+MOONBORN_RATE_POSTS_PER_MINUTE = env.int("MOONBORN_RATE_POSTS_PER_MINUTE", default=1200)
+MOONBORN_RATE_IMPORTS_PER_MINUTE = env.int("MOONBORN_RATE_IMPORTS_PER_MINUTE", default=60)
+MOONBORN_RATE_SESSIONS_PER_MINUTE = env.int("MOONBORN_RATE_SESSIONS_PER_MINUTE", default=600)
+# Failed sign-ins (web UI and admin) per account per minute before its sign-ins get 429 for the rest of the minute
+# (five times as many per client address); 0: no limit.
+MOONBORN_LOGIN_FAILURES_PER_MINUTE = env.int("MOONBORN_LOGIN_FAILURES_PER_MINUTE", default=20)
 MOONBORN_REDIS_PREFIX = env.str("MOONBORN_REDIS_PREFIX", default="moonborn")
 # A worker that has not refreshed its liveness key for this long is dead; the reaper fails its runs.
 MOONBORN_WORKER_TTL_SECONDS = env.float("MOONBORN_WORKER_TTL_SECONDS", default=15.0)

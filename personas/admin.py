@@ -2,6 +2,8 @@
 
 import io
 import json
+import re
+import unicodedata
 import zipfile
 from typing import Any
 
@@ -28,6 +30,22 @@ from .cards import CardError, parse_card_bytes
 from .models import STEP_NAMES, Persona, PersonaStep
 
 EMPTY = "—"
+
+
+# The most of a persona's name that a card's file name keeps (the id that follows makes it unique).
+CARD_FILENAME_NAME_LIMIT = 60
+
+
+def card_filename(persona: Persona) -> str:
+    """`{name}-{id}.json`, safe as a ZIP member and a download's name whatever the persona is called.
+
+    A name is anyone's text (`../../etc/passwd`, `C:\\x`, a NUL, 200 characters): it is cut down to ASCII letters,
+    digits and `_` with single `-` between runs of them, and bounded; the id (letters, digits, `_`) makes each name
+    unique in an archive. An unzip tool writes the member where its name says: never outside its folder here.
+    """
+    ascii_name = unicodedata.normalize("NFKD", persona.name).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^A-Za-z0-9_]+", "-", ascii_name).strip("-_")[:CARD_FILENAME_NAME_LIMIT].strip("-_")
+    return f"{slug}-{persona.id}.json" if slug else f"{persona.id}.json"
 
 
 def pretty_json(value: Any) -> SafeString:
@@ -436,10 +454,7 @@ class PersonaAdmin(admin.ModelAdmin):
         if not personas:
             self.message_user(request, "Only ready personas have a card; none was selected.", messages.WARNING)
             return None
-        files = {
-            f"{p.name or p.id}-{p.id}.json": json.dumps(persona_card(persona=p), ensure_ascii=False, indent=2)
-            for p in personas
-        }
+        files = {card_filename(p): json.dumps(persona_card(persona=p), ensure_ascii=False, indent=2) for p in personas}
         if len(files) == 1:
             (name, text), = files.items()  # fmt: skip
             response = HttpResponse(text, content_type="application/json; charset=utf-8")
@@ -450,8 +465,7 @@ class PersonaAdmin(admin.ModelAdmin):
                     archive.writestr(filename, text)
             name = "moonborn-cards.zip"
             response = HttpResponse(buffer.getvalue(), content_type="application/zip")
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        response["Content-Disposition"] = f'attachment; filename="{safe}"'
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
         return response
 
     def import_card_view(self, request: HttpRequest) -> HttpResponse:

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from chat.scoring import PersonaCalibration, calibrate_persona, tier0
 
-from .cards import ImportedCard, anchor_texts_from_card, card_v3
+from .cards import MAX_DURATION_MS, ImportedCard, anchor_texts_from_card, card_v3
 from .models import STEP_NAMES, Persona, PersonaStep
 
 
@@ -65,7 +65,8 @@ def card_import_prepare(*, card: ImportedCard) -> PreparedImport:
     tier 0 on them (tier 1 is calibrated by the tier-1 worker, off the request).
 
     The calibration is always recomputed here: figures carried in a file are informative only, so an edited card
-    cannot lower its own drift flags.
+    cannot lower its own drift flags. What it embeds is bounded by the card's parsing: at most MAX_ANCHORS anchors
+    and MAX_ANCHORS samples (80 texts) of at most MAX_ANCHOR_CHARS characters, ~0.1 s of CPU at the most.
     """
     anchors = list(card.moonborn.get("driftAnchors") or []) or anchor_texts_from_card(card.data)
     if not anchors:
@@ -73,6 +74,14 @@ def card_import_prepare(*, card: ImportedCard) -> PreparedImport:
     samples = list(card.moonborn.get("driftSamples") or [])
     calibrated = calibrate_persona(tier0(), anchors=anchors, samples=samples)
     return PreparedImport(card=card, anchors=anchors, samples=samples, calibrated=calibrated)
+
+
+def _duration_ms(value: object) -> int | None:
+    """A step's duration from a card, or None when it is not one a PositiveIntegerField can hold (it is informative:
+    a bad one is dropped rather than refusing the card)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_DURATION_MS:
+        return value
+    return None
 
 
 @transaction.atomic
@@ -110,7 +119,7 @@ def persona_import(*, owner_id: int, prepared: PreparedImport) -> Persona:
             output=s.get("output") or {},
             fallback_fields=[str(f) for f in s.get("fallbackFields") or [] if isinstance(f, str)],
             model=str(s.get("model") or "")[:200],
-            duration_ms=s["durationMs"] if isinstance(s.get("durationMs"), int) and s["durationMs"] >= 0 else None,
+            duration_ms=_duration_ms(s.get("durationMs")),
             completed_at=now,
         )
         for s in {s["step"]: s for s in steps}.values()

@@ -5,6 +5,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.http import HttpResponse
 from rest_framework import status
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -15,14 +16,23 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from moonborn_site.api import error_response, owner_id
+from moonborn_site.http import ApiError
+from runs.hub import get_hub
+from runs.streaming import give_back, reserve_slot
 
 from .card_services import card_import_prepare, persona_card, persona_import
-from .cards import CardError, card_v2, parse_card_bytes, png_with_card
+from .cards import (
+    MAX_CARD_FILE_BYTES,
+    MAX_CARD_JSON_BYTES,
+    PNG_SIGNATURE,
+    CardError,
+    card_v2,
+    parse_card_bytes,
+    png_with_card,
+)
 from .models import Persona
 from .views import persona_json
 
-# PNG cards carry an image, so they may be far larger than an API body; this is their own limit.
-CARD_MAX_BYTES = 8 * 1024 * 1024
 FORMATS = ("json", "v2", "png")
 
 
@@ -88,21 +98,38 @@ class PersonaImportView(APIView):
             declared = int(django_request.headers.get("Content-Length") or 0)
         except ValueError:
             declared = 0
-        if declared > CARD_MAX_BYTES:
-            return error_response(413, f"A card may be at most {CARD_MAX_BYTES} bytes.")
+        # A card is not an API body: a PNG carries an image as well, so the import has its own limits (in cards.py)
+        # rather than MOONBORN_MAX_BODY_BYTES. The whole body past them is a 413; a part of the card past its
+        # bound is a 400 `card_too_large`.
+        if declared > MAX_CARD_FILE_BYTES:
+            return error_response(413, f"A card may be at most {MAX_CARD_FILE_BYTES} bytes.")
         # read() rather than .body: .body enforces the small JSON body limit, a PNG card needs more.
-        body = django_request.read(CARD_MAX_BYTES + 1)
-        if len(body) > CARD_MAX_BYTES:
-            return error_response(413, f"A card may be at most {CARD_MAX_BYTES} bytes.")
+        body = django_request.read(MAX_CARD_FILE_BYTES + 1)
+        if len(body) > MAX_CARD_FILE_BYTES:
+            return error_response(413, f"A card may be at most {MAX_CARD_FILE_BYTES} bytes.")
+        if not body.startswith(PNG_SIGNATURE) and len(body) > MAX_CARD_JSON_BYTES:
+            return error_response(413, f"A JSON card may be at most {MAX_CARD_JSON_BYTES} bytes.")
         if not body.strip():
             return error_response(400, "The request body must be a character card (JSON or PNG).")
+        owner = owner_id(request)
+        # An import parses and embeds on a request thread: it takes one of the owner's run slots while it works, so
+        # a burst of imports is bounded like a burst of generations.
+        hub = get_hub()
+        try:
+            slot = async_to_sync(reserve_slot)(hub, owner)
+        except ApiError as exc:
+            refused = error_response(exc.status, exc.message, code=exc.code)
+            for name, value in exc.headers.items():
+                refused[name] = value
+            return refused
         try:
             card = parse_card_bytes(body)
+            prepared = card_import_prepare(card=card)
+            persona = persona_import(owner_id=owner, prepared=prepared)
         except CardError as exc:
-            return error_response(400, str(exc), code="invalid_card")
-        prepared = card_import_prepare(card=card)
-        owner = owner_id(request)
-        persona = persona_import(owner_id=owner, prepared=prepared)
+            return error_response(400, str(exc), code=exc.code)
+        finally:
+            async_to_sync(give_back)(hub, slot)
         response = Response(persona_json(owner_id=owner, persona_id=persona.id), status=status.HTTP_201_CREATED)
         response["Location"] = f"/v1/personas/{persona.id}"
         return response

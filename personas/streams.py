@@ -18,7 +18,7 @@ from runs.db import db
 from runs.hub import InProcessHub, OnDisconnect, get_hub
 from runs.idempotency import claim_or_replay
 from runs.sse import sse_response
-from runs.streaming import cancel_owned, check_capacity, resumable, serve_run, sse_frames, start_run
+from runs.streaming import cancel_owned, give_back, reserve_slot, resumable, serve_run, sse_frames, start_run
 
 from . import services
 from .models import Persona
@@ -48,8 +48,9 @@ async def persona_create(request: HttpRequest, user: AbstractBaseUser) -> HttpRe
     claim = await claim_or_replay(request, user.pk, kind="persona", body=data)
     if isinstance(claim, str):
         return await _serve(hub, claim, user.pk, stream=stream, policy=policy, after=last_event_id(request))
+    slot = None
     try:
-        await check_capacity(hub, user.pk)
+        slot = await reserve_slot(hub, user.pk)
         provider = get_provider()
         persona, usage = await db(
             services.persona_create,
@@ -61,13 +62,17 @@ async def persona_create(request: HttpRequest, user: AbstractBaseUser) -> HttpRe
             model=provider.model,
         )
     except BaseException:
+        if slot is not None:
+            await give_back(hub, slot)
         if claim is not None:
             await claim.release()
         raise
     if claim is not None:
         await claim.bind(persona.id)
     job = PipelineInput(persona_id=persona.id, usage_id=usage.id, prompt=persona.prompt, name_hint=persona.name)
-    await start_run(hub, persona.id, owner_id=user.pk, flow=generate_persona(job, provider), on_disconnect=policy)
+    await start_run(
+        hub, persona.id, owner_id=user.pk, flow=generate_persona(job, provider), on_disconnect=policy, slot=slot
+    )
     return await _serve(hub, persona.id, user.pk, stream=stream, policy=policy)
 
 

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.http import HttpResponseBase
+from django.http.request import split_domain_port, validate_host
 
 from moonborn_site.handlers import release_request_thread
 from moonborn_site.middleware import InlineSecurityMiddleware
@@ -53,6 +54,24 @@ class LeanRequest:
 
     def is_secure(self) -> bool:
         return bool(self.scope.get("scheme") == "https")
+
+    def host_allowed(self) -> bool:
+        """Whether Django's `get_host()` accepts this request's host: ALLOWED_HOSTS, or DEBUG's localhost names.
+
+        False too without a Host header: Django then takes the server's name, which is its to judge.
+        """
+        name = b"host"
+        if settings.USE_X_FORWARDED_HOST and b"x-forwarded-host" in self.headers:
+            name = b"x-forwarded-host"
+        elif name not in self.headers:
+            return False
+        # Django joins a repeated header's values with commas (which no allowed host matches): so here.
+        host = ",".join(value.decode("latin-1") for header, value in self.scope["headers"] if header.lower() == name)
+        allowed = settings.ALLOWED_HOSTS
+        if settings.DEBUG and not allowed:
+            allowed = [".localhost", "127.0.0.1", "[::1]"]
+        domain, _ = split_domain_port(host)
+        return bool(domain) and validate_host(domain, allowed)
 
 
 async def read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:

@@ -10,8 +10,8 @@ adds a Redis event log so that any worker can follow, resume or cancel any run.
 
 import asyncio
 import contextvars
-import json
 import logging
+import uuid
 from array import array
 from bisect import bisect_right
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Generator
@@ -36,6 +36,15 @@ class RunNotFound(LookupError):
     """The run is unknown here: never started, or its events are past retention."""
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One of an owner's run slots, taken by a request before it stores anything and given to the run it starts
+    (or given back if it starts none): the limit's check and the count's rise are one step."""
+
+    owner_id: int
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
 class RunInfo(NamedTuple):
     owner_id: int
     done: bool
@@ -49,11 +58,11 @@ def shutdown_frame(last_event_id: int) -> bytes:
     It repeats the id of the last event the follower received, so a client that resumes with
     `Last-Event-ID` (on another worker) continues exactly where it stopped.
     """
-    payload = json.dumps(
+    return encode_event(
+        last_event_id,
+        "error",
         {"error": "The server is shutting down; resume this stream.", "code": "server_shutdown", "retryable": True},
-        separators=(",", ":"),
     )
-    return f"id: {last_event_id}\nevent: error\ndata: {payload}\n\n".encode()
 
 
 class Departure:
@@ -251,6 +260,9 @@ class InProcessHub:
         self._runs: dict[str, _Run] = {}
         # owner id → how many of the runs this process produces for them have not ended
         self._active: dict[int, int] = {}
+        # Slots taken by requests that have not started their run yet: token → owner id, and owner id → how many.
+        self._slots: dict[str, int] = {}
+        self._reserved: dict[int, int] = {}
         # A waiting follower's future → when it is owed a heartbeat. One task wakes the overdue ones, instead of a
         # timer armed and disarmed for every event of every stream.
         self._sleeping: dict[asyncio.Future[bool], float] = {}
@@ -258,11 +270,48 @@ class InProcessHub:
 
     # -- producing ---------------------------------------------------------------------------------
 
+    async def reserve(self, owner_id: int, *, limit: int) -> Slot | None:
+        """Take one of the owner's `limit` slots, or None when runs going and slots taken fill them.
+
+        Checked and taken without awaiting anything: two requests can never both see the last free slot.
+        """
+        if self._active.get(owner_id, 0) + self._reserved.get(owner_id, 0) >= limit:
+            return None
+        slot = Slot(owner_id)
+        self._take(slot)
+        return slot
+
+    async def release(self, slot: Slot) -> None:
+        """Give back a slot whose request started no run (it failed, or was refused after reserving)."""
+        self._give_back(slot)
+
+    def _take(self, slot: Slot) -> None:
+        self._slots[slot.token] = slot.owner_id
+        self._reserved[slot.owner_id] = self._reserved.get(slot.owner_id, 0) + 1
+
+    def _give_back(self, slot: Slot) -> None:
+        if self._slots.pop(slot.token, None) is None:
+            return  # already given back, or its run started
+        left = self._reserved.get(slot.owner_id, 0) - 1
+        if left > 0:
+            self._reserved[slot.owner_id] = left
+        else:
+            self._reserved.pop(slot.owner_id, None)
+
     async def start(
-        self, run_id: str, *, owner_id: int, flow: AsyncIterator[Event], on_disconnect: OnDisconnect
+        self,
+        run_id: str,
+        *,
+        owner_id: int,
+        flow: AsyncIterator[Event],
+        on_disconnect: OnDisconnect,
+        slot: Slot | None = None,
     ) -> None:
-        """Start driving `flow` as run `run_id` in a task detached from the caller's request."""
+        """Start driving `flow` as run `run_id` in a task detached from the caller's request (in `slot`, if the
+        request reserved one: the run counts where the slot did)."""
         self._start_local(run_id, owner_id=owner_id, flow=flow, on_disconnect=on_disconnect)
+        if slot is not None:
+            self._give_back(slot)
 
     def _start_local(
         self, run_id: str, *, owner_id: int, flow: AsyncIterator[Event], on_disconnect: OnDisconnect
@@ -515,7 +564,8 @@ class InProcessHub:
             await asyncio.wait({run.task})
 
     async def active_count(self, owner_id: int) -> int:
-        return self._active.get(owner_id, 0)
+        """The owner's runs going and slots taken for runs about to start."""
+        return self._active.get(owner_id, 0) + self._reserved.get(owner_id, 0)
 
     def local_run_ids(self) -> set[str]:
         """Ids of the runs this process is producing and that have not ended."""

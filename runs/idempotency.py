@@ -3,18 +3,57 @@
 import asyncio
 import hashlib
 import json
+import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import DatabaseError
 from django.http import HttpRequest
 
-from accounts.services import idempotency_bind, idempotency_claim, idempotency_release, idempotency_resource
+from accounts.models import IdempotencyKey
+from accounts.services import (
+    idempotency_bind,
+    idempotency_claim,
+    idempotency_keys_purge,
+    idempotency_release,
+    idempotency_resource,
+)
 from moonborn_site.http import ApiError
 
 from .db import db
 
+logger = logging.getLogger(__name__)
+
 # How long a retry waits for the first request to have created its resource.
 WAIT_SECONDS = 10.0
+
+# Keys past their window (IDEMPOTENCY_TTL) are deleted by a request that stores a new key, at most this often per
+# process: one indexed DELETE a minute keeps the table to a day of keys, whatever the traffic.
+PURGE_INTERVAL_SECONDS = 60.0
+_next_purge = 0.0
+_purge_lock = threading.Lock()
+
+
+def _claim(*, owner_id: int, key: str, kind: str, request_hash: str) -> tuple[IdempotencyKey, bool]:
+    """`idempotency_claim`, and when it stored a new key, the purge if one is due (in the same database call: the
+    request has no further await at which a cancel could leave its claim unreleased)."""
+    global _next_purge
+    row, first = idempotency_claim(owner_id=owner_id, key=key, kind=kind, request_hash=request_hash)
+    if first:
+        with _purge_lock:
+            now = time.monotonic()
+            due = now >= _next_purge
+            if due:
+                _next_purge = now + PURGE_INTERVAL_SECONDS
+        if due:
+            try:
+                idempotency_keys_purge()
+            except DatabaseError:
+                # The request is served all the same; the next purge is a minute away.
+                logger.exception("could not delete the expired idempotency keys")
+    return row, first
 
 
 @dataclass(frozen=True)
@@ -54,7 +93,7 @@ async def claim_or_replay(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WAIT_SECONDS
     while True:
-        row, first = await db(idempotency_claim, owner_id=owner_id, key=key, kind=kind, request_hash=digest)
+        row, first = await db(_claim, owner_id=owner_id, key=key, kind=kind, request_hash=digest)
         if first:
             return Claim(row.id)
         if row.request_hash != digest:

@@ -10,7 +10,9 @@
 """
 
 import asyncio
+import fcntl
 import logging
+import os
 import signal
 import threading
 import weakref
@@ -49,6 +51,53 @@ async def reap_orphans(hub: InProcessHub, *, older_than_seconds: float) -> int:
         logger.warning("run %s was left unfinished by a process that stopped; marked failed", run_id)
         reaped += 1
     return reaped
+
+
+ONE_SERVER_ONLY = (
+    "another Moonborn server process is serving this database without REDIS_URL; run one process, or set REDIS_URL "
+    "so that several share their runs."
+)
+# What this process holds while it serves as the only server of its database: released by the kernel (a file lock)
+# or the database (a session's advisory lock) when the process ends, however it ends.
+_sole_server: Any = None
+
+
+def sole_server_error() -> str | None:
+    """Without REDIS_URL this process must be its database's only server: the recovery at start fails every
+    unfinished run, and another server's would be live. One sentence when another holds the database; else None
+    (and this process holds it from now on)."""
+    global _sole_server
+    if settings.REDIS_URL or _sole_server is not None:
+        return None
+    database = settings.DATABASES["default"]
+    engine = database["ENGINE"]
+    if engine == "django.db.backends.sqlite3":
+        name = str(database["NAME"])
+        if name == ":memory:" or "mode=memory" in name:
+            return None
+        lock = os.open(f"{name}.server-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            return ONE_SERVER_ONLY
+        _sole_server = lock
+    elif engine == "django.db.backends.postgresql":
+        import psycopg
+        from django.db import connections
+
+        # A connection of its own, outside Django's pool, open as long as the process: its session holds the lock.
+        session = psycopg.connect(autocommit=True, **connections["default"].get_connection_params())
+        held = session.execute("SELECT pg_try_advisory_lock(%s)", [SOLE_SERVER_LOCK]).fetchone()
+        if not (held and held[0]):
+            session.close()
+            return ONE_SERVER_ONLY
+        _sole_server = session
+    return None
+
+
+# The advisory lock's key: any fixed 64-bit number ("moonborn" in ASCII), per database.
+SOLE_SERVER_LOCK = int.from_bytes(b"moonborn", "big") - (1 << 63)
 
 
 def recover_at_start() -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +22,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 from .events import TERMINAL_EVENTS, Event, error_event
-from .hub import InProcessHub, OnDisconnect, RunInfo, _Run
+from .hub import InProcessHub, OnDisconnect, RunInfo, Slot, _Run
 from .sse import encode_event
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,21 @@ logger = logging.getLogger(__name__)
 RUNNING_TTL_SECONDS = 24 * 3600
 # How long a mirror of a finished remote run stays in memory for more followers.
 MIRROR_LINGER_SECONDS = 5.0
+# How long a slot taken by a request stays taken if its worker dies before starting the run or giving it back.
+SLOT_SECONDS = 60.0
+
+# The owner's runs going (a set) plus slots taken (a sorted set, scored by when each lapses) are checked against the
+# limit and a slot is taken in one step, on the Redis server: no two workers can both take the last free slot.
+RESERVE_SCRIPT = """
+local now = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('SCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[1]) then
+    return 0
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
 
 
 class RedisHub(InProcessHub):
@@ -60,6 +76,7 @@ class RedisHub(InProcessHub):
         self._background: set[asyncio.Task[Any]] = set()
         self._started = False
         self._closing = False
+        self._reserve = self.redis.register_script(RESERVE_SCRIPT)
 
     @property
     def _retention_ms(self) -> int:
@@ -84,6 +101,9 @@ class RedisHub(InProcessHub):
 
     def _active_key(self, owner_id: int) -> str:
         return f"{self.prefix}:owner:{owner_id}:active"
+
+    def _slots_key(self, owner_id: int) -> str:
+        return f"{self.prefix}:owner:{owner_id}:slots"
 
     def _worker_key(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"
@@ -135,15 +155,35 @@ class RedisHub(InProcessHub):
 
     # -- producing ---------------------------------------------------------------------------------
 
+    async def reserve(self, owner_id: int, *, limit: int) -> Slot | None:
+        await self._ensure_started()
+        slot = Slot(owner_id)
+        keys = [self._active_key(owner_id), self._slots_key(owner_id)]
+        now_ms = int(time.time() * 1000)
+        taken = await self._reserve(keys=keys, args=[limit, now_ms, int(SLOT_SECONDS * 1000), slot.token])
+        return slot if taken else None
+
+    async def release(self, slot: Slot) -> None:
+        await self.redis.zrem(self._slots_key(slot.owner_id), slot.token)
+
     async def start(
-        self, run_id: str, *, owner_id: int, flow: AsyncIterator[Event], on_disconnect: OnDisconnect
+        self,
+        run_id: str,
+        *,
+        owner_id: int,
+        flow: AsyncIterator[Event],
+        on_disconnect: OnDisconnect,
+        slot: Slot | None = None,
     ) -> None:
         await self._ensure_started()
         meta = {"owner": owner_id, "policy": on_disconnect.value, "worker": self.worker_id, "followers": 0}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._meta_key(run_id), mapping=meta)
             pipe.expire(self._meta_key(run_id), RUNNING_TTL_SECONDS)
+            # The run takes the slot's place in the count in the same transaction.
             pipe.sadd(self._active_key(owner_id), run_id)
+            if slot is not None:
+                pipe.zrem(self._slots_key(owner_id), slot.token)
             await pipe.execute()
         queue: asyncio.Queue[tuple[bytes, Event]] = asyncio.Queue()
         self._queues[run_id] = queue
@@ -301,8 +341,14 @@ class RedisHub(InProcessHub):
         return True
 
     async def active_count(self, owner_id: int) -> int:
+        """The owner's runs going on every worker, and slots taken for runs about to start."""
         await self._ensure_started()
-        return int(await self.redis.scard(self._active_key(owner_id)))
+        now_ms = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.scard(self._active_key(owner_id))
+            pipe.zcount(self._slots_key(owner_id), now_ms, "+inf")
+            runs, slots = await pipe.execute()
+        return int(runs) + int(slots)
 
     # -- recovery ----------------------------------------------------------------------------------
 

@@ -20,6 +20,16 @@ _SAFE_EVENT = re.compile(r"^[a-z][a-z0-9_.]*$")
 _checked_types: set[str] = set()
 # JSON for one string, as `_json` writes it (ensure_ascii=False).
 _string = encode_basestring
+# JSON lets U+0085, U+2028 and U+2029 stand raw in a string, but str.splitlines (httpx's iter_lines and
+# the clients built on it) breaks lines there: raw, they would cut a data line in two. Escaped, the
+# frame decodes to the same text in every client.
+_LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+
+
+def _escape_line_breaks(frame: str) -> str:
+    for char, escape in _LINE_BREAKS:
+        frame = frame.replace(char, escape)
+    return frame
 
 
 def encode_event(event_id: int, event_type: str, data: dict[str, Any]) -> bytes:
@@ -30,10 +40,14 @@ def encode_event(event_id: int, event_type: str, data: dict[str, Any]) -> bytes:
         _checked_types.add(event_type)
     if event_type == "token" and len(data) == 1 and type(data.get("delta")) is str:
         # The frame of nearly every event, written without the general encoder: same bytes, a third of the time.
-        return f'id: {int(event_id)}\nevent: token\ndata: {{"delta":{_string(data["delta"])}}}\n\n'.encode()
-    # JSON escapes control characters, so the payload can never contain a raw newline.
-    payload = _json.encode(data)
-    return f"id: {int(event_id)}\nevent: {event_type}\ndata: {payload}\n\n".encode()
+        frame = f'id: {int(event_id)}\nevent: token\ndata: {{"delta":{_string(data["delta"])}}}\n\n'
+    else:
+        # JSON escapes control characters, so the payload can never contain a raw CR or LF.
+        frame = f"id: {int(event_id)}\nevent: {event_type}\ndata: {_json.encode(data)}\n\n"
+    # isascii() reads a flag, so an ASCII frame (most tokens) pays nothing for the line-break check.
+    if frame.isascii() or not ("\u2028" in frame or "\u2029" in frame or "\x85" in frame):
+        return frame.encode()
+    return _escape_line_breaks(frame).encode()
 
 
 # The response iterators of the current request, closed by runs.lifecycle.StreamGuard when the

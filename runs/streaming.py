@@ -1,5 +1,6 @@
 """What the views use to serve a run: SSE frames for a follower, or its outcome for a JSON caller."""
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -13,7 +14,7 @@ from moonborn_site.http import ApiError
 
 from .db import db
 from .events import Event
-from .hub import InProcessHub, OnDisconnect
+from .hub import InProcessHub, OnDisconnect, Slot
 from .services import orphan_run_fail
 from .sse import RETRY, sse_response
 
@@ -67,17 +68,32 @@ def raise_for_outcome(error: Event | None) -> None:
         raise exc
 
 
-async def check_capacity(hub: InProcessHub, owner_id: int) -> None:
-    """503 while shutting down; 429 when the owner already has MOONBORN_MAX_STREAMS_PER_KEY runs going."""
+async def reserve_slot(hub: InProcessHub, owner_id: int) -> Slot:
+    """Take one of the owner's MOONBORN_MAX_STREAMS_PER_KEY run slots for a run about to start.
+
+    503 while shutting down; 429 when every slot is taken. The slot goes to `start_run`, or back to the hub with
+    `hub.release` when the request starts no run.
+    """
     if hub.shutting_down:
         error = ApiError(503, "This server is shutting down; retry on another.", code="server_shutdown")
         error.headers["Retry-After"] = "1"
         raise error
     limit = settings.MOONBORN_MAX_STREAMS_PER_KEY
-    if await hub.active_count(owner_id) >= limit:
+    slot = await hub.reserve(owner_id, limit=limit)
+    if slot is None:
         error = ApiError(429, f"At most {limit} runs may go at once; wait for one to finish.", code="rate_limited")
         error.headers["Retry-After"] = "1"
         raise error
+    return slot
+
+
+async def give_back(hub: InProcessHub, slot: Slot) -> None:
+    """Return a slot whose request starts no run. Shielded: a request being cancelled still gives it back; a hub that
+    cannot be reached leaves it to lapse (SLOT_SECONDS in Redis)."""
+    try:
+        await asyncio.shield(hub.release(slot))
+    except Exception:
+        logger.warning("could not give back a run slot of owner %s; it lapses by itself", slot.owner_id)
 
 
 async def resumable(hub: InProcessHub, run_id: str, *, owner_id: int, after: int) -> bool:
@@ -130,13 +146,21 @@ async def serve_run(
 
 
 async def start_run(
-    hub: InProcessHub, run_id: str, *, owner_id: int, flow: AsyncIterator[Event], on_disconnect: OnDisconnect
+    hub: InProcessHub,
+    run_id: str,
+    *,
+    owner_id: int,
+    flow: AsyncIterator[Event],
+    on_disconnect: OnDisconnect,
+    slot: Slot,
 ) -> None:
-    """Start a run whose rows exist; if the hub cannot take it, fail those rows and answer 503."""
+    """Start a run whose rows exist in the slot its request reserved; if the hub cannot take it, give the slot back,
+    fail those rows and answer 503."""
     try:
-        await hub.start(run_id, owner_id=owner_id, flow=flow, on_disconnect=on_disconnect)
+        await hub.start(run_id, owner_id=owner_id, flow=flow, on_disconnect=on_disconnect, slot=slot)
     except Exception:
         logger.exception("could not start run %s", run_id)
+        await give_back(hub, slot)
         aclose = getattr(flow, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -1,6 +1,7 @@
 """Shared fixtures. `server_factory` starts real uvicorn processes on free loopback ports."""
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -70,6 +71,11 @@ BASE_ENV = {
     "MOONBORN_PROGRESS_FLUSH_SECONDS": "0.2",
     "MOONBORN_LOG_LEVEL": "WARNING",
     "DJANGO_DEBUG": "false",
+    # DEBUG off refuses to start without a real key (accounts.checks).
+    "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+    # The servers speak plain HTTP on loopback: cookies that are Secure would never come back from the clients.
+    "DJANGO_SESSION_COOKIE_SECURE": "false",
+    "DJANGO_CSRF_COOKIE_SECURE": "false",
     "MOONBORN_SHUTDOWN_DRAIN_SECONDS": "5",
 }
 

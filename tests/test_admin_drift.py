@@ -216,3 +216,28 @@ def test_admin_export_and_import_cards(admin_client) -> None:
     )
     assert bad.status_code == 200 and "Not a character card" in bad.content.decode()
     assert Persona.objects.filter(owner=owner).count() == 1
+
+
+def test_admin_export_names_each_card_after_its_names_slug_and_its_id(admin_client) -> None:
+    climber = PersonaFactory(name="../../etc/passwd")
+    rooted = PersonaFactory(name="/abs\\path")
+    long = PersonaFactory(name="Zoë " + "y" * 196)
+    unnamed = PersonaFactory(name="\x00..\\")
+    twins = [PersonaFactory(name="Twin"), PersonaFactory(name="Twin")]
+    chosen = [climber, rooted, long, unnamed, *twins]
+    url = reverse("admin:personas_persona_changelist")
+    response = admin_client.post(url, {"action": "export_cards", "_selected_action": [p.pk for p in chosen]})
+    assert response["Content-Type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(response.content)).namelist()
+    assert sorted(names) == sorted(
+        [
+            f"etc-passwd-{climber.pk}.json",
+            f"abs-path-{rooted.pk}.json",
+            f"Zoe-{'y' * 56}-{long.pk}.json",
+            f"{unnamed.pk}.json",
+            f"Twin-{twins[0].pk}.json",
+            f"Twin-{twins[1].pk}.json",
+        ]
+    )
+    one = admin_client.post(url, {"action": "export_cards", "_selected_action": [climber.pk]})
+    assert one["Content-Disposition"] == f'attachment; filename="etc-passwd-{climber.pk}.json"'

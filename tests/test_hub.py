@@ -539,3 +539,45 @@ async def test_a_relay_cancelled_while_its_client_blocks_a_write_leaves_and_canc
     await hub.wait("run1")
     assert cleanup == ["cancelled"]
     assert (await hub.info("run1")).terminal.data["code"] == "cancelled"
+
+
+# -- run slots: the per-owner limit checked and taken in one step -----------------------------------
+
+
+async def test_slots_are_taken_up_to_the_limit_and_given_back(make_hub):
+    hub = make_hub()
+    first, second = await hub.reserve(1, limit=2), await hub.reserve(1, limit=2)
+    assert first is not None and second is not None
+    assert await hub.reserve(1, limit=2) is None
+    assert await hub.reserve(2, limit=2) is not None  # another owner counts apart
+    assert await hub.active_count(1) == 2
+    await hub.release(first)
+    await hub.release(first)  # a second release changes nothing
+    assert await hub.active_count(1) == 1
+    assert await hub.reserve(1, limit=2) is not None
+    assert await hub.reserve(1, limit=2) is None
+
+
+async def test_a_started_run_takes_its_slots_place_until_it_ends(make_hub):
+    hub = make_hub()
+    slot = await hub.reserve(1, limit=1)
+    assert slot is not None
+    await hub.start("run1", owner_id=1, flow=ticking(20, delay=0.005), on_disconnect=OnDisconnect.CONTINUE, slot=slot)
+    assert await hub.active_count(1) == 1
+    assert await hub.reserve(1, limit=1) is None
+    await hub.release(slot)  # the run holds the place now: giving the slot back again frees nothing
+    assert await hub.active_count(1) == 1
+    await hub.wait("run1")
+    for _ in range(200):
+        if await hub.active_count(1) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await hub.active_count(1) == 0
+    assert await hub.reserve(1, limit=1) is not None
+
+
+async def test_two_hundred_reservations_at_once_take_exactly_the_limit(make_hub):
+    hubs = [make_hub(), make_hub()] if make_hub.backend == "redis" else [make_hub()]
+    taken = await asyncio.gather(*(hubs[n % len(hubs)].reserve(7, limit=5) for n in range(200)))
+    assert sum(slot is not None for slot in taken) == 5
+    assert await hubs[0].active_count(7) == 5

@@ -1,14 +1,18 @@
 """The openai and anthropic providers against fake upstreams that are real HTTP servers on loopback."""
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 
+import anthropic
+import httpx
 import numpy as np
 import pytest
 from django.test import override_settings
 
 from llm.anthropic_provider import AnthropicProvider, to_anthropic
+from llm.anthropic_provider import upstream_error as anthropic_upstream_error
 from llm.base import ChatMessage, CompletionRequest, ProviderError, ProviderTimeout, Usage
 from llm.embeddings import MiniLMEmbedder, OpenAIEmbedder, get_embedder
 from llm.openai_provider import OpenAIProvider
@@ -71,7 +75,13 @@ async def test_a_failure_before_the_first_token_is_retried(fake: FakeUpstream) -
     assert len(fake.calls) == 3
 
 
-@pytest.mark.parametrize(("status", "sentence"), [(500, "answered HTTP 500: upstream failure"), (429, "rate limiting")])
+@pytest.mark.parametrize(
+    ("status", "sentence"),
+    [
+        (500, "The {} model provider answered HTTP 500."),
+        (429, "The {} model provider is rate limiting requests (HTTP 429)."),
+    ],
+)
 async def test_retries_are_bounded_and_end_in_a_provider_error(fake: FakeUpstream, status: int, sentence: str) -> None:
     fake.reset(None, Fail(status), Fail(status), Fail(status), Answer(REPLY))
     with pytest.raises(ProviderError) as caught:
@@ -79,8 +89,42 @@ async def test_retries_are_bounded_and_end_in_a_provider_error(fake: FakeUpstrea
     assert type(caught.value) is ProviderError
     assert caught.value.code == "provider_error"
     assert caught.value.retryable is True
-    assert sentence in str(caught.value)
+    assert str(caught.value) == sentence.format(fake.flavour)
     assert len(fake.calls) == 2
+
+
+async def test_the_upstreams_error_text_goes_to_the_log_escaped_and_never_to_the_client(
+    fake: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    head = "quota of org-7f3a exhausted\r\nINFO forged line "
+    fake.reset(None, Fail(500, head + "x" * 300))
+    with caplog.at_level(logging.WARNING, logger="llm.openai_provider"), pytest.raises(ProviderError) as caught:
+        await collect(provider_for(fake, retries=0), Usage())
+    assert str(caught.value) == f"The {fake.flavour} model provider answered HTTP 500."
+    # The first 200 characters, CR and LF written as escapes: one log line, whatever the upstream sent.
+    assert [r.getMessage() for r in caplog.records if r.name == "llm.openai_provider"] == [
+        f"the {fake.flavour} model provider answered HTTP 500: quota of org-7f3a exhausted\\r\\nINFO forged line "
+        + "x" * (200 - len(head))
+        + "…"
+    ]
+
+
+def test_an_anthropic_error_mid_answer_reaches_the_client_without_the_upstreams_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    response = httpx.Response(200, request=httpx.Request("POST", "https://api.anthropic.com/v1/messages"))
+    body = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded\r\nINFO forged line"}}
+    with caplog.at_level(logging.WARNING, logger="llm.openai_provider"):
+        error = anthropic_upstream_error(anthropic.APIStatusError("Overloaded", response=response, body=body))
+    assert (type(error), str(error), error.code, error.retryable) == (
+        ProviderError,
+        "The anthropic model provider failed mid-answer.",
+        "provider_error",
+        True,
+    )
+    assert [r.getMessage() for r in caplog.records] == [
+        "the anthropic model provider failed mid-answer: overloaded_error: Overloaded\\r\\nINFO forged line"
+    ]
 
 
 async def test_bad_credentials_are_not_retried_and_not_echoed(fake: FakeUpstream) -> None:

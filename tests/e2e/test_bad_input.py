@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from tests.e2e.helpers import JSON, make_persona, make_session, parse_wire
+from tests.e2e.helpers import JSON, SSE, make_persona, make_session, parse_wire
 
 OK_PERSONA = {"prompt": "A kind blacksmith"}
 
@@ -124,6 +124,36 @@ def test_bad_input_gets_a_json_error_and_changes_nothing(
         assert "Traceback" not in response.text
         if status == 405:
             assert response.headers["allow"]
+    assert counts(server) == before
+
+
+HOST_REFUSED = {
+    "error": {
+        "code": "validation_error",
+        "message": "The Host header names a host this server does not serve.",
+        "details": {},
+    }
+}
+
+
+def test_an_api_key_request_for_a_host_outside_allowed_hosts_is_a_400_and_changes_nothing(server, world):
+    before = counts(server)
+    evil = {**server.headers(), "Host": "evil.example"}
+    session_url = f"{server.base_url}/v1/chat/sessions/{world['session']}/messages"
+    responses = {
+        # The ASGI fast path of a streamed chat reply (chat.streams.message_create_fast).
+        "fast path": httpx.post(session_url, json={"content": "Hi"}, headers={**evil, **SSE}, timeout=30),
+        # A DRF view and an async view behind the API handler (moonborn_site.handlers.ApiHandler).
+        "drf": httpx.post(
+            f"{server.base_url}/v1/chat/sessions", json={"personaId": world["persona"]}, headers={**evil, **JSON}
+        ),
+        "async view": httpx.post(f"{server.base_url}/v1/personas", json=OK_PERSONA, headers={**evil, **JSON}),
+        "read": httpx.get(f"{server.base_url}/v1/personas", headers=evil),
+        "with a port": httpx.get(f"{server.base_url}/v1/personas", headers={**evil, "Host": "evil.example:443"}),
+    }
+    assert {name: (r.status_code, r.json()) for name, r in responses.items()} == dict.fromkeys(
+        responses, (400, HOST_REFUSED)
+    )
     assert counts(server) == before
 
 

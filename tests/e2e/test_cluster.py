@@ -13,7 +13,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import PG_ADMIN_URL, Cluster, LiveServer, start_uvicorn
+from tests.conftest import PG_ADMIN_URL, Cluster, LiveServer, manage, start_uvicorn
 from tests.e2e.helpers import JSON, WireEvent, parse_wire, stream_events, wait_for
 from tests.e2e.test_disconnect import read_until
 
@@ -161,8 +161,20 @@ def pg_connections(database_url: str) -> int:
     return int(row[0])
 
 
-def health(server: LiveServer) -> dict[str, Any]:
-    response = httpx.get(f"{server.base_url}/healthz", timeout=10)
+# A staff user's session: /healthz shows its run and task counts to staff only.
+STAFF_SESSION = (
+    "from django.contrib.auth import get_user_model; from django.test import Client; "
+    "user, _ = get_user_model().objects.update_or_create(username='ops', defaults={'is_staff': True}); "
+    "client = Client(); client.force_login(user); print(client.cookies['sessionid'].value)"
+)
+
+
+def staff_cookies(env: dict[str, str]) -> dict[str, str]:
+    return {"sessionid": manage("shell", "-c", STAFF_SESSION, env=env).strip().splitlines()[-1]}
+
+
+def health(server: LiveServer, cookies: dict[str, str]) -> dict[str, Any]:
+    response = httpx.get(f"{server.base_url}/healthz", cookies=cookies, timeout=10)
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -182,7 +194,8 @@ def test_concurrent_streams_across_two_workers_get_every_event_exactly_once(clus
     with client(a, cluster) as ca:
         persona_id = ca.get(f"/v1/chat/sessions/{sessions[0]}").json()["personaId"]
         sessions = [ca.post("/v1/chat/sessions", json={"personaId": persona_id}).json()["id"] for _ in range(40)]
-    baseline = {w.base_url: health(w)["tasks"] for w in (a, b)}
+    staff = staff_cookies(cluster.env)
+    baseline = {w.base_url: health(w, staff)["tasks"] for w in (a, b)}
     connections_before = pg_connections(cluster.env["DATABASE_URL"])
     outcomes: list[tuple[int, list[WireEvent]]] = []
     lock = threading.Lock()
@@ -211,7 +224,7 @@ def test_concurrent_streams_across_two_workers_get_every_event_exactly_once(clus
 
     # Back to where they started: no leaked tasks, no leaked database connections.
     def settled() -> bool:
-        tasks = {w.base_url: health(w)["tasks"] for w in (a, b)}
+        tasks = {w.base_url: health(w, staff)["tasks"] for w in (a, b)}
         connections = pg_connections(cluster.env["DATABASE_URL"])
         return tasks == baseline and connections <= connections_before
 
@@ -410,7 +423,10 @@ def test_a_client_that_stops_reading_is_dropped_without_growing_memory(server_fa
 def test_health_endpoint(server, path):
     response = httpx.get(server.base_url + path, timeout=10)
     assert response.status_code == 200
-    body = response.json()
+    assert response.json() == {"status": "ok", "failed": []}
+    staff = httpx.get(server.base_url + path, cookies=staff_cookies(server.env), timeout=10)
+    assert staff.status_code == 200
+    body = staff.json()
     assert body["status"] == "ok"
     assert body["database"] == "ok"
     assert body["redis"] == "not configured"

@@ -2,17 +2,26 @@
 
 httpx-sse, the `eventsource` npm package (GET: the resume endpoint), `eventsource-parser`,
 `@microsoft/fetch-event-source` (openWhenHidden), `curl -N` and the seed's own read loop, each
-reading a real stream from a real server: same events, same text, no phantom empty events.
+reading a real stream from a real server: same events, same text, no phantom empty events. A reply
+with line breaks of every kind in its text is read by all of them and by both SDKs.
 """
 
+import asyncio
 import json
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
-from tests.conftest import ROOT
+import pytest
+from moonborn import AsyncMoonborn, Moonborn
+
+from llm.demo import step_output
+from tests.conftest import ROOT, LiveServer
 from tests.e2e.helpers import SSE, make_persona, make_session, messages, parse_wire, stream_events
+from tests.e2e.test_providers import step_of
+from tests.fakes.upstream import Answer, Behaviour, FakeUpstream, words
 
 INTEROP = ROOT / "tests" / "interop"
 TYPES = {
@@ -176,4 +185,111 @@ def test_every_client_reads_the_chat_stream_identically(server):
 
     replay = node("eventsource", f"{server.base_url}/v1/chat/sessions/{session_id}/messages/{message_id}/events", key)
     assert as_events(replay["events"]) == reference
+    assert (replay["opens"], replay["closedByServer"]) == (1, True)
+
+
+# U+2028, U+2029 and U+0085 (line breaks to str.splitlines), an emoji and a CRLF, inside deltas and alone in one.
+UNICODE_REPLY = (
+    "The tide\u2028turns",
+    " twice\u2029a day",
+    " —\x85 and",
+    " the 🌊 hums",
+    "\r\nall night",
+    "\u2028",
+    ".",
+)
+UNICODE_TEXT = "".join(UNICODE_REPLY)
+
+
+def unicode_model(body: dict[str, Any]) -> Behaviour:
+    """Every pipeline step answered as the demo model would; every chat reply is UNICODE_REPLY."""
+    step = step_of(body)
+    if step is None:
+        return Answer(UNICODE_REPLY)
+    return Answer(words(json.dumps(step_output(step, {"prompt": PROMPT}))))
+
+
+@pytest.fixture(scope="module")
+def unicode_server(server_factory: Any) -> Iterator[LiveServer]:
+    fake = FakeUpstream("openai").start()
+    fake.reset(unicode_model)
+    server = server_factory(
+        MOONBORN_LLM_PROVIDER="openai",
+        MOONBORN_LLM_BASE_URL=fake.url,
+        MOONBORN_LLM_API_KEY="test",
+        MOONBORN_LLM_MODEL="fake-model",
+    )
+    yield server
+    server.stop()
+    fake.stop()
+
+
+def sdk_events(events: list[Any]) -> list[Event]:
+    return [(e.id, e.type, e.data) for e in events]
+
+
+async def async_sdk_reply(server: LiveServer, session_id: str) -> tuple[list[Event], str]:
+    async with AsyncMoonborn(server.keys["alice"], server.base_url) as client:
+        stream = await client.chat.stream_message(session_id, QUESTION)
+        return sdk_events(await stream.until_done()), stream.text
+
+
+def test_every_client_and_both_sdks_read_a_reply_with_unicode_line_breaks(unicode_server):
+    server = unicode_server
+    key = server.keys["alice"]
+    persona_id = make_persona(server, prompt=PROMPT)
+    body = json.dumps({"content": QUESTION})
+
+    def fresh_url() -> tuple[str, str]:
+        session_id = make_session(server, persona_id)
+        return session_id, f"{server.base_url}/v1/chat/sessions/{session_id}/messages?stream=true"
+
+    # On the wire the three characters are JSON escapes: no client can find a line break in a data line.
+    session_id, _ = fresh_url()
+    with server.client() as client:
+        raw = client.post(f"/v1/chat/sessions/{session_id}/messages", json={"content": QUESTION}, headers=SSE).content
+    assert [b"\xe2\x80\xa8" in raw, b"\xe2\x80\xa9" in raw, b"\xc2\x85" in raw] == [False, False, False]
+    wire, _ = parse_wire(raw)
+    assert [(e.event, e.data.get("delta")) for e in wire[1:-1]] == [("token", delta) for delta in UNICODE_REPLY]
+    assert b'data: {"delta":"The tide\\u2028turns"}\n\n' in raw
+    assert b'data: {"delta":"\\r\\nall night"}\n\n' in raw
+    assert 'data: {"delta":" the 🌊 hums"}\n\n'.encode() in raw
+
+    session_id, _ = fresh_url()
+    reference = httpx_sse(server, "POST", f"/v1/chat/sessions/{session_id}/messages?stream=true", {"content": QUESTION})
+    assert [kind for _, kind, _ in reference] == ["message.started"] + ["token"] * len(UNICODE_REPLY) + ["completed"]
+    assert [number for number, _, _ in reference] == list(range(1, len(UNICODE_REPLY) + 3))
+    assert [data["delta"] for _, kind, data in reference if kind == "token"] == list(UNICODE_REPLY)
+    stored = messages(server, session_id)[-1]
+    assert (stored["content"], stored["status"]) == (UNICODE_TEXT, "completed")
+    message_id = stored["id"]
+
+    results: dict[str, list[Event]] = {}
+    texts: dict[str, str] = {}
+    for name in ("eventsource-parser", "fetch-event-source", "seed", "moonborn-sdk"):
+        session, url = fresh_url()
+        read = node(name, url, key, body)
+        results[name] = as_events(read["events"])
+        assert messages(server, session)[-1]["content"] == UNICODE_TEXT, name
+        if "text" in read:
+            texts[name] = read["text"]
+    session, url = fresh_url()
+    results["curl -N"] = curl(url, key, body)
+    with Moonborn(key, server.base_url) as client:
+        session = make_session(server, persona_id)
+        stream = client.chat.stream_message(session, QUESTION)
+        results["python sdk"] = sdk_events(stream.until_done())
+        texts["python sdk"] = stream.text
+        # The resume endpoint, read again from the start by the SDK.
+        results["python sdk, replayed"] = sdk_events(client.chat.events(session_id, message_id).until_done())
+    session = make_session(server, persona_id)
+    results["python sdk, async"], texts["python sdk, async"] = asyncio.run(async_sdk_reply(server, session))
+    assert texts == {name: UNICODE_TEXT for name in ("seed", "moonborn-sdk", "python sdk", "python sdk, async")}
+    for name, events in results.items():
+        assert normalized(events) == normalized(reference), name
+        assert "".join(data["delta"] for _, kind, data in events if kind == "token") == UNICODE_TEXT, name
+
+    replay = node("eventsource", f"{server.base_url}/v1/chat/sessions/{session_id}/messages/{message_id}/events", key)
+    assert as_events(replay["events"]) == reference
+    assert results["python sdk, replayed"] == reference
     assert (replay["opens"], replay["closedByServer"]) == (1, True)

@@ -151,7 +151,7 @@ def test_a_client_disconnect_closes_the_upstream_within_a_second(upstream: tuple
 
 
 FAILURES = [
-    pytest.param([Fail(500), Fail(500)], 0, "provider_error", "answered HTTP 500: upstream failure", id="http-500"),
+    pytest.param([Fail(500), Fail(500)], 0, "provider_error", "model provider answered HTTP 500.", id="http-500"),
     pytest.param([Fail(429), Fail(429)], 0, "provider_error", "is rate limiting requests (HTTP 429).", id="http-429"),
     pytest.param([Drop(REPLY[:5])], 5, "provider_error", "model provider failed or was dropped.", id="dropped"),
     pytest.param(

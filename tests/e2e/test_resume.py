@@ -3,6 +3,7 @@
 import threading
 
 import httpx
+import pytest
 
 from tests.e2e.helpers import SSE, make_persona, make_session, parse_wire
 from tests.e2e.test_disconnect import read_until
@@ -61,6 +62,35 @@ def test_bad_last_event_id_is_a_400(server):
         response = client.get(f"/v1/personas/{persona_id}/events", headers={"Last-Event-ID": "abc"})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "validation_error"
+
+
+BAD_EVENT_ID = {
+    "error": {
+        "code": "validation_error",
+        "message": "Last-Event-ID must be a non-negative integer event id.",
+        "details": {},
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("headers", "params"),
+    [
+        # "²" passes str.isdigit() and int() refuses it; "٣" passes both; 4,300 digits are past int()'s limit.
+        pytest.param({"Last-Event-ID": "²".encode("latin-1")}, {}, id="superscript-header"),
+        pytest.param({}, {"lastEventId": "²"}, id="superscript-query"),
+        pytest.param({}, {"lastEventId": "٣"}, id="arabic-indic-query"),
+        pytest.param({"Last-Event-ID": "1" * 4300}, {}, id="4300-digits"),
+        pytest.param({"Last-Event-ID": str(2**63)}, {}, id="past-64-bits"),
+    ],
+)
+def test_a_last_event_id_of_other_than_ascii_digits_or_past_64_bits_is_a_400(server, headers, params):
+    persona_id = make_persona(server)
+    with server.client() as client:
+        response = client.get(f"/v1/personas/{persona_id}/events", headers=headers, params=params)
+        largest = client.get(f"/v1/personas/{persona_id}/events", headers={"Last-Event-ID": str(2**63 - 1)})
+    assert (response.status_code, response.json()) == (400, BAD_EVENT_ID)
+    assert largest.status_code == 204
 
 
 def test_two_followers_receive_identical_events(server_factory):

@@ -33,6 +33,22 @@ def test_typescript_sdk_suite_passes_against_a_live_server(server_factory):
     assert "ℹ pass 9" in done.stdout, done.stdout
 
 
+def test_typescript_sdk_unit_suite_passes():
+    # Scripted answers through the SDK's `fetch` option: line splitting and where the key goes, no server needed.
+    node = shutil.which("node")
+    assert node is not None, "Node 18+ is required"
+    done = subprocess.run(
+        [node, "--test", "--test-reporter=spec", "test/unit.test.mjs"],
+        cwd=SDK,
+        env={"PATH": "/usr/bin:/bin:/usr/local/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ℹ pass 17" in done.stdout and "ℹ fail 0" in done.stdout, done.stdout
+
+
 def test_committed_javascript_is_built_from_the_typescript_source(tmp_path):
     tsc = SDK / "node_modules" / ".bin" / "tsc"
     assert tsc.exists(), "run `npm ci` in sdk/typescript (scripts/install --dev does)"

@@ -1,11 +1,13 @@
 // Read one Moonborn stream with one real SSE client and print what it dispatched, as JSON.
 //   node read.mjs <client> <url> [json body]
-// client: eventsource (GET only: the resume endpoint) · eventsource-parser · fetch-event-source · seed
+// client: eventsource (GET only: the resume endpoint) · eventsource-parser · fetch-event-source · seed ·
+//         moonborn-sdk (sdk/typescript's build; POST of a chat message only)
 // Env: MOONBORN_API_KEY. Output: {"events": [{"id", "event", "data"}...], ...client facts}.
 import { EventSource } from "eventsource";
 import { EventSourceParserStream } from "eventsource-parser/stream";
 import { fetchEventSource } from "@microsoft/fetch-event-source";
 
+import { Moonborn } from "../../sdk/typescript/dist/index.js";
 import { seedReadLoop } from "./seed-loop.mjs";
 
 const [client, url, body] = process.argv.slice(2);
@@ -98,11 +100,23 @@ async function withSeedLoop() {
   return { events, text };
 }
 
+async function withSdk() {
+  // The SDK is given what a caller has: the base URL, the session id and the message's text.
+  const { origin, pathname } = new URL(url);
+  const sessionId = pathname.split("/")[4];
+  const client = new Moonborn({ apiKey: process.env.MOONBORN_API_KEY, baseUrl: origin });
+  const stream = client.chat.streamMessage(sessionId, JSON.parse(body).content);
+  const events = [];
+  for await (const event of stream) events.push({ id: String(event.id), event: event.type, data: JSON.stringify(event.data) });
+  return { events, text: stream.text };
+}
+
 const readers = {
   eventsource: withEventSource,
   "eventsource-parser": withParser,
   "fetch-event-source": withFetchEventSource,
   seed: withSeedLoop,
+  "moonborn-sdk": withSdk,
 };
 
 const result = await readers[client]();

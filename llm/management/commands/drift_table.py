@@ -12,6 +12,8 @@ class Command(BaseCommand):
         "Build the tier-0 drift table from the packaged MiniLM into MOONBORN_CACHE_DIR, and the embedded "
         "generic-assistant texts of both tiers (nothing to do for what is there already)."
     )
+    # An install step: it builds what one check asks for, and runs before a deployment's settings are complete.
+    requires_system_checks: list[str] = []
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

@@ -167,7 +167,7 @@ export declare class Moonborn {
     private readonly apiKey;
     private readonly fetchImpl;
     constructor(options: ClientOptions);
-    /** @internal */
+    /** @internal A path is joined to the base URL; an absolute URL is a Location checked by `sameOriginLocation`. */
     fetchApi(path: string, init?: RequestInit & {
         headers?: Record<string, string>;
     }): Promise<Response>;

@@ -46,12 +46,36 @@ async function errorFrom(response) {
     const retryAfter = response.headers.get("Retry-After");
     return new APIError(response.status, code, message, details, retryAfter === null ? null : Number(retryAfter));
 }
+/**
+ * Where a `Location` points, for the client to send its API key there; another origin is refused.
+ * A path (the server's own form) stays a path, joined to the base URL as every request path is; anything
+ * else is resolved against the base URL and kept whole, if it is on the base URL's origin.
+ */
+function sameOriginLocation(baseUrl, location) {
+    const base = new URL(`${baseUrl}/`);
+    let target;
+    try {
+        target = new URL(location, base);
+    }
+    catch {
+        target = null;
+    }
+    if (target === null || target.origin !== base.origin) {
+        throw new MoonbornError(`Refusing the stream's Location ${JSON.stringify(location)}: it is not on ${base.origin}, and the client sends its API key only there.`);
+    }
+    return location.startsWith("/") ? location : target.href;
+}
 const TERMINAL = new Set(["pipeline.completed", "completed", "error"]);
-/** Decode an SSE body by the WHATWG rules: comments skipped, a blank line dispatches only when data was seen. */
+/**
+ * Decode an SSE body by the WHATWG rules: lines end at CR, LF or CRLF and nowhere else (U+2028, U+2029 and
+ * U+0085 are text), comments skipped, a blank line dispatches only when data was seen.
+ */
 async function* decodeEvents(body, onRetry) {
     const reader = body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
+    // The last text read ended in CR, whose line is out already: an LF opening the next one completes that CRLF.
+    let afterCR = false;
     let id = "";
     let event = "";
     let data = [];
@@ -60,13 +84,15 @@ async function* decodeEvents(body, onRetry) {
             const { value, done } = await reader.read();
             if (done)
                 return;
-            buffer += decoder.decode(value, { stream: true });
-            let newline;
-            while ((newline = buffer.search(/\r\n|\r|\n/)) >= 0) {
-                if (buffer[newline] === "\r" && newline === buffer.length - 1)
-                    break; // maybe half of \r\n
-                let line = buffer.slice(0, newline);
-                buffer = buffer.slice(newline + (buffer.startsWith("\r\n", newline) ? 2 : 1));
+            let text = decoder.decode(value, { stream: true });
+            if (text === "")
+                continue; // only part of a UTF-8 sequence so far
+            if (afterCR && text.startsWith("\n"))
+                text = text.slice(1);
+            afterCR = text.endsWith("\r");
+            const lines = (buffer + text).split(/\r\n|\r|\n/);
+            buffer = lines.pop();
+            for (const line of lines) {
                 if (line === "") {
                     if (data.length > 0)
                         yield { id, event: event || "message", data: data.join("\n") };
@@ -91,7 +117,6 @@ async function* decodeEvents(body, onRetry) {
                     data.push(val);
                 else if (field === "retry" && /^\d+$/.test(val))
                     onRetry(Number(val));
-                line = "";
             }
         }
     }
@@ -205,7 +230,8 @@ export class EventStream {
                         response = resumed;
                     }
                     catch (error) {
-                        if (error instanceof APIError || this.userSignal?.aborted)
+                        // Only a failed connection is worth another try; an error answer or a refused Location is final.
+                        if (!(error instanceof ConnectionError) || this.userSignal?.aborted)
                             throw error;
                         cause = error;
                     }
@@ -245,7 +271,16 @@ export class EventStream {
             await response.body?.cancel();
             throw new APIError(response.status, "not_a_stream", `Expected an event stream, got ${type || "nothing"}.`, {}, null);
         }
-        this.location = response.headers.get("Location") ?? this.location;
+        const location = response.headers.get("Location");
+        if (location !== null) {
+            try {
+                this.location = sameOriginLocation(this.client.baseUrl, location);
+            }
+            catch (error) {
+                await response.body?.cancel();
+                throw error;
+            }
+        }
         return response;
     }
     /** Read the rest of the stream and return its events. */
@@ -285,9 +320,10 @@ export class Moonborn {
         this.personas = new Personas(this);
         this.chat = new Chat(this);
     }
-    /** @internal */
+    /** @internal A path is joined to the base URL; an absolute URL is a Location checked by `sameOriginLocation`. */
     fetchApi(path, init = {}) {
-        return this.fetchImpl(`${this.baseUrl}${path}`, {
+        const url = /^[a-z][a-z\d+.-]*:/i.test(path) ? path : `${this.baseUrl}${path}`;
+        return this.fetchImpl(url, {
             ...init,
             headers: { Authorization: `Bearer ${this.apiKey}`, ...init.headers },
         });

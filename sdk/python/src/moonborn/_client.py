@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
 
-from ._streaming import JSON_HEADERS, SSE_HEADERS, AsyncEventStream, EventStream
+from ._streaming import JSON_HEADERS, SSE_HEADERS, AsyncEventStream, EventStream, origin
 from .errors import APIConnectionError, error_from_response
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -20,6 +21,29 @@ def _settings(api_key: str | None, base_url: str | None) -> tuple[str, str]:
         raise ValueError("Pass api_key or set MOONBORN_API_KEY.")
     url = (base_url or os.environ.get("MOONBORN_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
     return key, url
+
+
+def _key_only_for(base_url: httpx.URL) -> Callable[[httpx.Request], None]:
+    """A request hook that takes the API key off every request leaving the base URL's origin.
+
+    httpx runs it before each request it sends, redirects included: httpx itself keeps Authorization on a
+    redirect from http to https of the same host, and a caller's own client may follow redirects anywhere.
+    """
+    home = origin(base_url)
+
+    def drop_key(request: httpx.Request) -> None:
+        if origin(request.url) != home:
+            request.headers.pop("Authorization", None)
+
+    return drop_key
+
+
+def _async_hook(hook: Callable[[httpx.Request], None]) -> Callable[[httpx.Request], Coroutine[Any, Any, None]]:
+    # An AsyncClient awaits its hooks.
+    async def run(request: httpx.Request) -> None:
+        hook(request)
+
+    return run
 
 
 def _body(prompt: str, name: str | None, model: str | None) -> dict[str, Any]:
@@ -64,6 +88,8 @@ class Moonborn(_Base):
         self._http = http_client or httpx.Client(timeout=timeout)
         self._http.base_url = httpx.URL(url)
         self._http.headers["Authorization"] = f"Bearer {key}"
+        hooks = self._http.event_hooks
+        self._http.event_hooks = {**hooks, "request": [*hooks["request"], _key_only_for(self._http.base_url)]}
         self.personas = Personas(self)
         self.chat = Chat(self)
 
@@ -220,6 +246,9 @@ class AsyncMoonborn(_Base):
         self._http = http_client or httpx.AsyncClient(timeout=timeout)
         self._http.base_url = httpx.URL(url)
         self._http.headers["Authorization"] = f"Bearer {key}"
+        hooks = self._http.event_hooks
+        drop_key = _async_hook(_key_only_for(self._http.base_url))
+        self._http.event_hooks = {**hooks, "request": [*hooks["request"], drop_key]}
         self.personas = AsyncPersonas(self)
         self.chat = AsyncChat(self)
 

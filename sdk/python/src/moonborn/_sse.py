@@ -1,4 +1,5 @@
-"""An SSE line decoder following the WHATWG event-stream rules (comments, `retry:`, multi-line data)."""
+"""An SSE decoder following the WHATWG event-stream rules: lines end at CR, LF or CRLF only; comments, `retry:`,
+multi-line data."""
 
 from __future__ import annotations
 
@@ -10,6 +11,41 @@ class RawEvent:
     id: str
     event: str
     data: str
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+class LineSplitter:
+    """Cut a byte stream into lines at CR, LF or CRLF, and nowhere else.
+
+    httpx's `iter_lines` follows `str.splitlines`, which also breaks at U+2028, U+2029, U+0085 and a few
+    control characters: any of them raw inside a `data:` line would cut the event's JSON in two. CR and LF
+    bytes never occur inside a UTF-8 sequence, so the bytes are cut first and each line decoded whole.
+    """
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._after_cr = False
+        self._first = True
+
+    def feed(self, chunk: bytes) -> list[str]:
+        if self._after_cr:
+            # The last chunk ended in CR and that line went out: an LF here completes the same CRLF.
+            self._after_cr = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
+        data = self._rest + chunk if self._rest else chunk
+        if b"\r" in data:
+            # A CR at the very end already ends its line; waiting for a possible LF would hold the line back.
+            self._after_cr = data.endswith(b"\r")
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *lines, self._rest = data.split(b"\n")
+        if lines and self._first:
+            # The stream may open with a byte order mark, which is not part of the first field's name.
+            self._first = False
+            lines[0] = lines[0].removeprefix(BOM)
+        return [line.decode("utf-8", errors="replace") for line in lines]
 
 
 class SSEDecoder:

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from ._sse import SSEDecoder
+from ._sse import LineSplitter, SSEDecoder
 from .errors import APIConnectionError, APIError, MoonbornError, error_from_response
 from .events import TERMINAL, Event, Token, parse_event
 
@@ -18,10 +18,37 @@ SSE_HEADERS = {"Accept": "text/event-stream"}
 JSON_HEADERS = {"Accept": "application/json"}
 
 
+def origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port (None for the scheme's default, as httpx.URL gives it)."""
+    return url.scheme, url.host, url.port
+
+
+def same_origin_location(base_url: httpx.URL, location: str) -> str:
+    """Where a `Location` points, for the client to send its API key there; refuse another origin.
+
+    A path (the server's own form) stays a path, joined to the base URL as every request path is. Anything
+    else is resolved against the base URL and kept whole, if it is on the base URL's origin.
+    """
+    try:
+        target = base_url.join(location)
+    except (httpx.InvalidURL, ValueError):
+        # httpx raises either for a malformed URL (a bad port gives ValueError).
+        target = None
+    if target is None or origin(target) != origin(base_url):
+        raise MoonbornError(
+            f"Refusing the stream's Location {location!r}: it is not on {base_url.scheme}://{base_url.netloc.decode()},"
+            " and the client sends its API key only there."
+        )
+    return location if location.startswith("/") else str(target)
+
+
 class _StreamState:
     """What both stream flavours track: where the run lives and the last event seen."""
 
-    def __init__(self, *, cancel_on_close: bool, max_reconnects: int, reconnect_delay: float | None) -> None:
+    def __init__(
+        self, *, base_url: httpx.URL, cancel_on_close: bool, max_reconnects: int, reconnect_delay: float | None
+    ) -> None:
+        self.base_url = base_url
         self.location: str | None = None
         self.last_event_id = 0
         self.done = False
@@ -67,7 +94,9 @@ class _StreamState:
                 code="not_a_stream",
                 message=f"Expected an event stream, got {content_type or 'no content type'}.",
             )
-        self.location = response.headers.get("Location", self.location)
+        location = response.headers.get("Location")
+        if location is not None:
+            self.location = same_origin_location(self.base_url, location)
         return True
 
 
@@ -84,7 +113,10 @@ class EventStream(_StreamState):
         reconnect_delay: float | None,
     ) -> None:
         super().__init__(
-            cancel_on_close=cancel_on_close, max_reconnects=max_reconnects, reconnect_delay=reconnect_delay
+            base_url=http.base_url,
+            cancel_on_close=cancel_on_close,
+            max_reconnects=max_reconnects,
+            reconnect_delay=reconnect_delay,
         )
         self._http = http
         self._response: httpx.Response | None = self._send(request)
@@ -98,7 +130,7 @@ class EventStream(_StreamState):
         body = response.read() if response.status_code >= 400 else None
         try:
             is_stream = self._check(response, body)
-        except APIError:
+        except MoonbornError:
             response.close()
             raise
         if not is_stream:
@@ -117,20 +149,21 @@ class EventStream(_StreamState):
         failures = 0
         try:
             while self._response is not None:
-                decoder = SSEDecoder()
+                lines, decoder = LineSplitter(), SSEDecoder()
                 cause: Exception | None = None
                 try:
-                    for line in self._response.iter_lines():
-                        raw = decoder.feed(line)
-                        self._retry_ms = decoder.retry_ms if decoder.retry_ms is not None else self._retry_ms
-                        if raw is None:
-                            continue
-                        event = parse_event(raw)
-                        self._record(event)
-                        failures = 0
-                        yield event
-                        if self.done:
-                            return
+                    for chunk in self._response.iter_bytes():
+                        for line in lines.feed(chunk):
+                            raw = decoder.feed(line)
+                            self._retry_ms = decoder.retry_ms if decoder.retry_ms is not None else self._retry_ms
+                            if raw is None:
+                                continue
+                            event = parse_event(raw)
+                            self._record(event)
+                            failures = 0
+                            yield event
+                            if self.done:
+                                return
                 except httpx.TransportError as exc:
                     cause = exc
                 self._response.close()
@@ -214,7 +247,10 @@ class AsyncEventStream(_StreamState):
         reconnect_delay: float | None,
     ) -> None:
         super().__init__(
-            cancel_on_close=cancel_on_close, max_reconnects=max_reconnects, reconnect_delay=reconnect_delay
+            base_url=http.base_url,
+            cancel_on_close=cancel_on_close,
+            max_reconnects=max_reconnects,
+            reconnect_delay=reconnect_delay,
         )
         self._http = http
         self._response: httpx.Response | None = None
@@ -232,7 +268,7 @@ class AsyncEventStream(_StreamState):
         body = await response.aread() if response.status_code >= 400 else None
         try:
             is_stream = self._check(response, body)
-        except APIError:
+        except MoonbornError:
             await response.aclose()
             raise
         if not is_stream:
@@ -251,20 +287,21 @@ class AsyncEventStream(_StreamState):
         failures = 0
         try:
             while self._response is not None:
-                decoder = SSEDecoder()
+                lines, decoder = LineSplitter(), SSEDecoder()
                 cause: Exception | None = None
                 try:
-                    async for line in self._response.aiter_lines():
-                        raw = decoder.feed(line)
-                        self._retry_ms = decoder.retry_ms if decoder.retry_ms is not None else self._retry_ms
-                        if raw is None:
-                            continue
-                        event = parse_event(raw)
-                        self._record(event)
-                        failures = 0
-                        yield event
-                        if self.done:
-                            return
+                    async for chunk in self._response.aiter_bytes():
+                        for line in lines.feed(chunk):
+                            raw = decoder.feed(line)
+                            self._retry_ms = decoder.retry_ms if decoder.retry_ms is not None else self._retry_ms
+                            if raw is None:
+                                continue
+                            event = parse_event(raw)
+                            self._record(event)
+                            failures = 0
+                            yield event
+                            if self.done:
+                                return
                 except httpx.TransportError as exc:
                     cause = exc
                 await self._response.aclose()
