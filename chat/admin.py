@@ -13,7 +13,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
@@ -95,9 +95,156 @@ def excerpt(message: Message) -> str:
     return Truncator(" ".join(message.content.split())).chars(EXCERPT_CHARS) or EMPTY
 
 
+def _quote(text: Any) -> str:
+    return f"“{text}”"
+
+
+def _quote_all(keys: Any) -> str:
+    return ", ".join(_quote(key) for key in keys) if isinstance(keys, list) else ""
+
+
+def _plural(n: Any, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def lore_entry_name(record: dict[str, Any]) -> str:
+    """An entry as the web UI names it: its name, else "entry <id>"."""
+    return str(record.get("name") or f"entry {record.get('entry')}")
+
+
+def lore_reason(reason: Any) -> str:
+    """Why an entry went into a reply's prompt, or was left out (the reason records of ``chat.lorebook``), in the
+    web UI's words: "key “lighthouse”", "always on", "via entry 3, key “storm”", "over the token budget"..."""
+    r: dict[str, Any] = reason if isinstance(reason, dict) else {}
+    kind = r.get("kind")
+    key = "" if r.get("key") is None else f"key {_quote(r['key'])}"
+    secondary = r.get("secondary")
+    found = _quote_all(secondary) if isinstance(secondary, list) and secondary else ""
+    if kind == "key":
+        additional = r.get("additional")
+        return f"{key} and {_quote_all(additional)}" if isinstance(additional, list) and additional else key
+    if kind == "secondary_key":
+        if r.get("logic") == "NOT_ANY":
+            return f"{key}, no secondary key"
+        if r.get("logic") == "NOT_ALL":
+            return f"{key}, not every secondary key"
+        return f"{key} and {found}" if found else key
+    if kind == "constant":
+        return "always on"
+    if kind == "recursion":
+        return f"via entry {r.get('via')}" + (f", {key}" if key else "")
+    if kind == "decorator":
+        decorator = r.get("decorator")
+        if decorator == "@@additional_keys":
+            return f"{key} but none of {_quote_all(r.get('keys'))} (@@additional_keys)"
+        if decorator == "@@exclude_keys":
+            return f"{key} but {_quote(r.get('excluded'))} excludes it (@@exclude_keys)"
+        value = "" if r.get("value") is None else f" {r['value']}"
+        turn = "" if r.get("turn") is None else f" (turn {r['turn']})"
+        return f"decorator {decorator}{value}{turn}"
+    if kind == "budget":
+        tokens = _plural(r.get("tokens"), "token", "tokens")
+        return f"over the token budget ({tokens}; {r.get('used')} of {r.get('budget')} used)"
+    if kind == "scan_depth":
+        return f"{key} only beyond the last {_plural(r.get('scan_depth'), 'message', 'messages')}"
+    if kind == "secondary_keys":
+        return f"{key} but secondary keys not met ({r.get('logic')}, {f'found {found}' if found else 'none found'})"
+    if kind == "recursion_limit":
+        return f"{key} via entry {r.get('via')}, past the recursion limit"
+    return str(kind or "unknown")
+
+
+def _lore_records(lore: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    records = lore.get(name)
+    return [record for record in records if isinstance(record, dict)] if isinstance(records, list) else []
+
+
+def lore_summary(message: Message) -> str:
+    """ "2 entries · 1 skipped" for a reply that consulted a lorebook, "—" otherwise."""
+    lore = message.lore if isinstance(message.lore, dict) else {}
+    if "activated" not in lore:
+        return EMPTY
+    activated, skipped = _lore_records(lore, "activated"), _lore_records(lore, "skipped")
+    text = _plural(len(activated), "entry", "entries") if activated else "no entries"
+    return f"{text} · {len(skipped)} skipped" if skipped else text
+
+
+def _lore_rows(records: list[dict[str, Any]], css: str) -> SafeString:
+    rows = format_html_join(
+        "",
+        '<li data-entry="{}"><strong>{}</strong>{} — {}</li>',
+        (
+            (
+                record.get("entry"),
+                lore_entry_name(record),
+                f" (entry {record.get('entry')})" if record.get("name") else "",
+                lore_reason(record.get("reason")),
+            )
+            for record in records
+        ),
+    )
+    return format_html('<ul class="{}" style="margin: 0 0 .4em; padding-left: 1.5em;">{}</ul>', css, rows)
+
+
+def lore_detail(message: Message) -> SafeString:
+    """The lore a reply's prompt used: each entry that went in and why, each candidate left out and why, the tokens
+    they took, how many history messages the budget left out, and the state carried to the next turn."""
+    lore = message.lore if isinstance(message.lore, dict) else {}
+    if not lore:
+        return format_html("{}", EMPTY)
+    activated, skipped = _lore_records(lore, "activated"), _lore_records(lore, "skipped")
+    parts: list[SafeString] = []
+    if "activated" in lore:
+        parts.append(
+            format_html(
+                '<p style="margin: 0 0 .2em;"><strong>In the prompt</strong> ({}, {}):</p>{}',
+                _plural(len(activated), "entry", "entries"),
+                _plural(lore.get("tokens", 0), "token", "tokens"),
+                _lore_rows(activated, "lore-activated")
+                if activated
+                else format_html('<p style="margin: 0 0 .4em; color: #777;">{}</p>', "no entry"),
+            )
+        )
+        if skipped:
+            parts.append(
+                format_html(
+                    '<p style="margin: 0 0 .2em;"><strong>Left out</strong> ({}):</p>{}',
+                    _plural(len(skipped), "candidate", "candidates"),
+                    _lore_rows(skipped, "lore-skipped"),
+                )
+            )
+    dropped = lore.get("historyDropped")
+    if dropped:
+        parts.append(
+            format_html(
+                '<p style="margin: 0 0 .2em;">{} left out of the prompt by its budget.</p>',
+                _plural(dropped, "earlier message", "earlier messages"),
+            )
+        )
+    state = lore.get("state")
+    if isinstance(state, dict) and any(state.get(name) for name in ("kept", "spent")):
+        parts.append(
+            format_html(
+                '<p style="margin: 0; color: #777;">Carried to the next turn: kept {}; spent {}.</p>',
+                ", ".join(str(i) for i in state.get("kept") or ()) or "none",
+                ", ".join(str(i) for i in state.get("spent") or ()) or "none",
+            )
+        )
+    return format_html('<div class="lore">{}</div>', format_html_join("", "{}", ((part,) for part in parts)))
+
+
 class MessageInline(admin.TabularInline):
     model = Message
-    fields = ("index", "role", "content_excerpt", "status", "drift_score_display", "threshold_display", "flag")
+    fields = (
+        "index",
+        "role",
+        "content_excerpt",
+        "status",
+        "drift_score_display",
+        "threshold_display",
+        "flag",
+        "lore_display",
+    )
     readonly_fields = fields
     ordering = ("index",)
     extra = 0
@@ -129,6 +276,10 @@ class MessageInline(admin.TabularInline):
     @admin.display(description="drift flag")
     def flag(self, message: Message) -> SafeString:
         return drift_flag(message)
+
+    @admin.display(description="lore")
+    def lore_display(self, message: Message) -> str:
+        return lore_summary(message)
 
 
 @admin.register(ChatSession)
@@ -230,6 +381,7 @@ class MessageAdmin(admin.ModelAdmin):
         "threshold_display",
         "flag",
         "tier1_display",
+        "lore_display",
         "review",
         "created_at",
     )
@@ -255,6 +407,7 @@ class MessageAdmin(admin.ModelAdmin):
         "reviewed_by",
         "reviewed_at",
         "drift_components_pretty",
+        "lore_pretty",
         "tier1_display",
         "tier1_scored_at",
         "tier1_components_pretty",
@@ -302,6 +455,14 @@ class MessageAdmin(admin.ModelAdmin):
     def drift_components_pretty(self, message: Message) -> SafeString:
         text = json.dumps(message.drift_components, indent=2, ensure_ascii=False)
         return format_html('<pre style="white-space: pre-wrap; margin: 0;">{}</pre>', text)
+
+    @admin.display(description="lore")
+    def lore_display(self, message: Message) -> str:
+        return lore_summary(message)
+
+    @admin.display(description="lore in the prompt")
+    def lore_pretty(self, message: Message) -> SafeString:
+        return lore_detail(message)
 
     @admin.display(description="tier 1", ordering="tier1_score")
     def tier1_display(self, message: Message) -> SafeString:

@@ -54,6 +54,9 @@ class Message(models.Model):
     drift_threshold = models.FloatField(null=True, blank=True)
     flagged = models.BooleanField(default=False, db_index=True)
     drift_components = models.JSONField(default=dict, blank=True)
+    # The lorebook consulted for this reply: the entries that went into its prompt and why, the candidates left out
+    # and why, and the state its decorators carry to the next turn (chat.lorebook). Empty without a lorebook.
+    lore = models.JSONField(default=dict, blank=True)
     # Tier 1: the same reply scored again by the full embedder, after `completed` (chat.tier1); null until then.
     tier1_score = models.FloatField(null=True, blank=True)
     tier1_threshold = models.FloatField(null=True, blank=True)

@@ -1,44 +1,30 @@
-"""The chat reply flow: prompt → provider stream → token events → drift → `completed`."""
+"""The chat reply flow: lorebook (`tool_start`/`tool_end`) → prompt → provider stream → tokens → drift →
+`completed`."""
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator
+from typing import Any
 
-from llm.base import ChatMessage, CompletionRequest, Provider, ProviderError, Usage
+from django.conf import settings
+
+from llm.base import CompletionRequest, Provider, ProviderError, Usage
+from moonborn_site.ids import new_id
 from runs.db import db
 from runs.events import Event
 
 from . import services
+from .lorebook import Book, LoreResult, activate
 from .progress import get_progress_writer
+from .prompt import Prompt, assemble_prompt
 from .scoring import score_record, score_tier0_async, tier0
 from .services import ReplyJob
 from .text import ReplyText
 
 
-def reply_messages(
-    *, system_prompt: str, history: Sequence[tuple[str, str]], user_content: str, post_history_instructions: str
-) -> tuple[ChatMessage, ...]:
-    """System prompt, the history, the new message, then the post-history instructions."""
-    messages = [ChatMessage("system", system_prompt)]
-    for role, content in history:
-        messages.append(ChatMessage("assistant" if role == "assistant" else "user", content))
-    messages.append(ChatMessage("user", user_content))
-    if post_history_instructions:
-        messages.append(ChatMessage("system", post_history_instructions))
-    return tuple(messages)
-
-
-def build_reply_messages(job: ReplyJob) -> tuple[ChatMessage, ...]:
-    return reply_messages(
-        system_prompt=job.voice.system_prompt,
-        history=job.history,
-        user_content=job.user_content,
-        post_history_instructions=job.voice.post_history_instructions,
-    )
-
-
-def reply_request(job: ReplyJob) -> CompletionRequest:
+def reply_request(job: ReplyJob, prompt: Prompt) -> CompletionRequest:
     return CompletionRequest(
-        messages=build_reply_messages(job),
+        messages=prompt.messages,
         purpose="chat_reply",
         context={
             "persona": {
@@ -54,14 +40,67 @@ def reply_request(job: ReplyJob) -> CompletionRequest:
     )
 
 
+def lore_record(result: LoreResult | None, prompt: Prompt) -> dict[str, Any]:
+    """What the reply's row keeps of its prompt: the lore consulted (and its state for the next turn) and how many
+    history messages the budget left out."""
+    if result is None:
+        return {"historyDropped": prompt.dropped} if prompt.dropped else {}
+    return {
+        "activated": list(result.activated),
+        "skipped": list(result.skipped),
+        "tokens": result.tokens,
+        "state": result.state,
+        "historyDropped": prompt.dropped,
+    }
+
+
+async def consult_lorebook(job: ReplyJob, book: Book) -> AsyncIterator[Event | LoreResult]:
+    """The `lorebook` tool: `tool_start`, the activation (pure, well under a millisecond), `tool_end`, then the
+    result itself for the flow to build its prompt from."""
+    call_id = new_id("call")
+    yield Event("tool_start", {"callId": call_id, "tool": "lorebook", "args": {"turn": job.turn + 1}})
+    started = time.perf_counter()
+    # A book whose decorators remember earlier turns needs the state the last reply left (one read, before the
+    # first token, only for such books).
+    state = await db(services.lore_state, session_id=job.session_id, before_index=job.turn * 2) if book.stateful else {}
+    messages = (*job.history, ("user", job.user_content))
+    result = activate(book, messages=messages, turn=job.turn + 1, state=state)
+    yield Event(
+        "tool_end",
+        {
+            "callId": call_id,
+            "tool": "lorebook",
+            "status": "ok",
+            "result": {"activated": list(result.activated), "skipped": list(result.skipped), "tokens": result.tokens},
+            "durationMs": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
+    yield result
+
+
 async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Event]:
     """Stream one assistant reply; keep what was produced whatever ends it."""
     yield Event("message.started", {"messageId": job.assistant_message_id, "userMessageId": job.user_message_id})
+    lore: LoreResult | None = None
+    if job.voice.book is not None:
+        async for item in consult_lorebook(job, job.voice.book):
+            if isinstance(item, Event):
+                yield item
+            else:
+                lore = item
+    prompt = assemble_prompt(
+        character=job.voice.character,
+        history=job.history,
+        user_content=job.user_content,
+        lore=lore.inserts if lore is not None else (),
+        budget_tokens=settings.MOONBORN_PROMPT_BUDGET_TOKENS,
+    )
+    record = lore_record(lore, prompt)
     usage = Usage()
     text = ReplyText()
     finished = False
     stop_status, error = "failed", ""
-    stream = provider.stream(reply_request(job), usage)
+    stream = provider.stream(reply_request(job, prompt), usage)
     # Partial content reaches the database on the progress writer's timer, never once per token.
     progress = get_progress_writer()
     progress.track(job.assistant_message_id, text)
@@ -93,6 +132,7 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
             drift_components=score_record(result, job.voice.calibration, tier0()),
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
+            lore=record,
         )
         finished = True
         yield Event(
@@ -126,4 +166,5 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
                 error=error,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
+                lore=record,
             )

@@ -59,6 +59,15 @@ class MessageSerializer(serializers.ModelSerializer):
     session_id = serializers.CharField(read_only=True)
     drifted = serializers.BooleanField(source="flagged", read_only=True)
     drift_tier1 = serializers.SerializerMethodField()
+    lore = serializers.SerializerMethodField()
+
+    def get_lore(self, message: Message) -> dict[str, Any] | None:
+        """The lorebook consulted for a reply: entries activated and why, candidates skipped and why, their tokens,
+        and how many history messages the prompt's budget left out; null when nothing was consulted. (The state
+        its decorators carry to the next turn stays on the server.)"""
+        if not message.lore:
+            return None
+        return {key: value for key, value in message.lore.items() if key != "state"}
 
     def get_drift_tier1(self, message: Message) -> dict[str, Any] | None:
         """Tier 1 of drift (the full embedder, after `completed`): null until the tier-1 worker has taken the reply;
@@ -88,6 +97,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "drift_threshold",
             "drifted",
             "drift_tier1",
+            "lore",
             "error",
             "created_at",
             "completed_at",

@@ -23,7 +23,9 @@ from moonborn_site.ids import new_message_id
 from personas.models import Persona, PersonaStep
 
 from .drift import CALIBRATION_VERSION, centroid
+from .lorebook import Book, parse_book
 from .models import ChatSession, DriftJob, Message
+from .prompt import Character
 from .scoring import calibrate_persona, tier0
 
 # Weight of the newest reply in a session's drift average.
@@ -54,8 +56,9 @@ def chat_session_create(*, owner_id: int, persona_id: str, title: str = "") -> C
 class PersonaVoice:
     """What a reply needs from its persona: one per persona version, shared (read-only) by all its replies."""
 
-    system_prompt: str
-    post_history_instructions: str
+    # The card's character fields, for the prompt (chat.prompt), and its lorebook parsed once (chat.lorebook).
+    character: Character
+    book: Book | None
     anchor_texts: tuple[str, ...]
     catchphrases: tuple[str, ...]
     anchor_vectors: bytes
@@ -98,6 +101,8 @@ def persona_voice(*, persona_id: str, updated_at: datetime) -> PersonaVoice:
             _voices.move_to_end(key)
             return voice
     row = Persona.objects.filter(pk=persona_id).values(
+        "name",
+        "card",
         "system_prompt",
         "post_history_instructions",
         "drift_anchors",
@@ -127,9 +132,13 @@ def persona_voice(*, persona_id: str, updated_at: datetime) -> PersonaVoice:
         row["calibration"] = calibrated.calibration
     output = PersonaStep.objects.filter(persona_id=persona_id, name="voice_print").values_list("output", flat=True)
     steps: dict[str, Any] = output.first() or {}
+    card: dict[str, Any] = dict(row["card"] or {})
+    # The persona's own columns are what an admin edits: they win over the copies in the card.
+    card["system_prompt"] = row["system_prompt"]
+    card["post_history_instructions"] = row["post_history_instructions"]
     voice = PersonaVoice(
-        system_prompt=row["system_prompt"],
-        post_history_instructions=row["post_history_instructions"],
+        character=Character.from_card(card, name=row["name"]),
+        book=parse_book(card.get("character_book")),
         anchor_texts=tuple(row["drift_anchors"]),
         catchphrases=tuple(steps.get("catchphrases") or ()),
         anchor_vectors=bytes(row["anchor_vectors"]),
@@ -218,11 +227,11 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
             made.append((number, user_id, reply_id, index))
             rows.append(
                 (user_id, sid, index, Message.Role.USER, request.content, Message.Status.COMPLETED, "", "", False)
-                + (empty, empty, "", at)
+                + (empty, empty, empty, "", at)
             )
             rows.append(
                 (reply_id, sid, index + 1, Message.Role.ASSISTANT, "", Message.Status.STREAMING, request.model, "")
-                + (False, empty, empty, "", at)
+                + (False, empty, empty, empty, "", at)
             )
         cursor.execute(sql.messages(len(rows)), sql.table(rows))
         # Each reply's tier-1 job, made with it: scored after it ends, however it ends (chat.tier1).
@@ -382,7 +391,7 @@ class _TurnSql:
         )
         self.complete = (
             f"UPDATE {self.message} SET content = %s, status = %s, drift_score = %s, drift_threshold = %s,"
-            " flagged = %s, drift_components = %s, completed_at = %s WHERE id = %s"
+            " flagged = %s, drift_components = %s, lore = %s, completed_at = %s WHERE id = %s"
         )
         self.session_drifted = (
             f"UPDATE {self.session} SET drift_ewma = %s, drift_streak = %s,"
@@ -501,9 +510,9 @@ class _TurnSql:
     def messages(self, n: int) -> str:
         columns = (
             f"id, session_id, {self.index}, role, content, status, model, error, flagged, drift_components,"
-            " tier1_components, review, created_at"
+            " tier1_components, lore, review, created_at"
         )
-        return f"INSERT INTO {self.message} ({columns}) {self._table(n, 13)}"
+        return f"INSERT INTO {self.message} ({columns}) {self._table(n, 14)}"
 
     def drift_jobs(self, n: int) -> str:
         return f"INSERT INTO {self.drift_job} (message_id, created_at, claimed_by, attempts) {self._table(n, 4)}"
@@ -619,8 +628,10 @@ def message_complete(
     drift_components: dict[str, Any],
     prompt_tokens: int,
     completion_tokens: int,
+    lore: dict[str, Any] | None = None,
 ) -> None:
-    """Store a finished reply with its drift score, update the session's drift average and usage.
+    """Store a finished reply with its drift score (and the lore its prompt used), update the session's drift
+    average and usage.
 
     In plain SQL, like the turn: every reply ends here, and the ORM's statements cost ~2 ms of CPU each time.
     Raises Message.DoesNotExist if the reply is gone (its session was deleted).
@@ -628,6 +639,7 @@ def message_complete(
     sql = _sql()
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     components = Message._meta.get_field("drift_components").get_db_prep_save(drift_components, connection)
+    lore_value = Message._meta.get_field("lore").get_db_prep_save(lore or {}, connection)
     with connection.cursor() as cursor:
         cursor.execute(sql.session_drift, [message_id])
         row = cursor.fetchone()
@@ -636,7 +648,17 @@ def message_complete(
         session_id, previous, streak = row
         cursor.execute(
             sql.complete,
-            [content, Message.Status.COMPLETED, drift_score, drift_threshold, flagged, components, now, message_id],
+            [
+                content,
+                Message.Status.COMPLETED,
+                drift_score,
+                drift_threshold,
+                flagged,
+                components,
+                lore_value,
+                now,
+                message_id,
+            ],
         )
         ewma = drift_score if previous is None else EWMA_WEIGHT * drift_score + (1 - EWMA_WEIGHT) * previous
         streak = int(streak) + 1 if ewma > drift_threshold else 0
@@ -658,14 +680,28 @@ def message_stop(
     error: str,
     prompt_tokens: int,
     completion_tokens: int,
+    lore: dict[str, Any] | None = None,
 ) -> None:
-    """End a reply that did not finish (`cancelled` or `failed`), keeping what it had produced."""
+    """End a reply that did not finish (`cancelled` or `failed`), keeping what it had produced (and the lore its
+    prompt used)."""
     Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
-        content=content, status=status, error=error, completed_at=timezone.now()
+        content=content, status=status, error=error, lore=lore or {}, completed_at=timezone.now()
     )
     UsageRecord.objects.filter(run_id=message_id, kind=UsageRecord.Kind.CHAT).update(
         status=status, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, ended_at=timezone.now()
     )
+
+
+def lore_state(*, session_id: str, before_index: int) -> dict[str, Any]:
+    """The lorebook state the session's last reply before `before_index` left for the next turn ({} if none)."""
+    lore = (
+        Message.objects.filter(session_id=session_id, role=Message.Role.ASSISTANT, index__lt=before_index)
+        .order_by("-index")
+        .values_list("lore", flat=True)
+        .first()
+    )
+    state = (lore or {}).get("state")
+    return dict(state) if isinstance(state, dict) else {}
 
 
 def message_review(*, message_id: str, review: str, reviewer_id: int | None) -> Message:

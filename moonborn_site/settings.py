@@ -187,6 +187,9 @@ MOONBORN_ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 MOONBORN_LLM_MAX_RETRIES = env.int("MOONBORN_LLM_MAX_RETRIES", default=2)
 # openai provider: ask for JSON-schema output in pipeline steps (dropped by itself if the server rejects it).
 MOONBORN_LLM_STRUCTURED_OUTPUT = env.bool("MOONBORN_LLM_STRUCTURED_OUTPUT", default=True)
+# The most tokens (estimated) a chat reply's prompt may take: the character, its lore and as much recent history as
+# fits (the oldest messages are left out first). Leave room in the model's context for the reply (1,024 tokens).
+MOONBORN_PROMPT_BUDGET_TOKENS = env.int("MOONBORN_PROMPT_BUDGET_TOKENS", default=6000)
 MOONBORN_DEMO_DELAY_MS = env.float("MOONBORN_DEMO_DELAY_MS", default=30.0)
 MOONBORN_DEMO_REPLY_TOKENS = env.int("MOONBORN_DEMO_REPLY_TOKENS", default=80)
 # Demo provider fault injection for tests and benchmarks: fail a chat reply after this many tokens.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from chat.drift import hard_rule_hits
-from chat.replies import reply_messages
+from chat.prompt import Character, assemble_prompt
 from chat.scoring import calibrate_persona, tier0
 from llm.base import CompletionRequest, Provider, ProviderError, Usage, complete
 from runs.db import db
@@ -57,20 +57,21 @@ async def calibration_samples(
     or breaks character (a hard rule fires) gives no sample: calibration is thinner, never wrong. At most
     ``CALIBRATION_CONCURRENCY`` calls at a time.
     """
-    compiled = state.outputs["card_compile"]
     name = str(state.get("soul_draft", "name") or state.name_hint)
+    # The character as a chat reply sees it: the same prompt assembly, so the samples are replies to the same prompt.
+    character = Character.from_card(card_data(state, state.outputs["card_compile"]), name=name)
     turns = CALIBRATION_TURNS[: max(0, settings.MOONBORN_DRIFT_CALIBRATION_REPLIES)]
     gate = asyncio.Semaphore(CALIBRATION_CONCURRENCY)
     usages = [Usage() for _ in turns]
 
     async def ask(number: int, turn: str) -> str:
         request = CompletionRequest(
-            messages=reply_messages(
-                system_prompt=compiled["system_prompt"],
+            messages=assemble_prompt(
+                character=character,
                 history=(),
                 user_content=turn,
-                post_history_instructions=compiled["post_history_instructions"],
-            ),
+                budget_tokens=settings.MOONBORN_PROMPT_BUDGET_TOKENS,
+            ).messages,
             purpose="drift_calibration",
             context={
                 "persona": {"id": job.persona_id, "name": name, "lines": anchors, "catchphrases": []},

@@ -104,8 +104,10 @@ STEP_GUIDANCE: dict[str, str] = {
     ),
     "card_compile": (
         "Compile the character card: a description, a personality summary, the scenario, a system "
-        "prompt that makes a model play the character, post-history instructions that restate the "
-        "invariants after the chat history, and 3-6 tags."
+        "prompt of instructions only (who to play, how to speak, what always holds, what never to do; "
+        "it must not repeat the description, personality or scenario, which the model is given "
+        "separately), post-history instructions that restate the invariants after the chat history, "
+        "and 3-6 tags."
     ),
 }
 
@@ -435,13 +437,12 @@ def compile_card(state: PipelineState) -> dict[str, Any]:
         )
         if p
     )
+    # Instructions only: the description, personality and scenario reach the model from the card's own fields
+    # (chat.prompt.assemble_prompt), so repeating them here would put each in the prompt twice.
     system_prompt = "\n".join(
         line
         for line in (
             f"You are {name}. Stay in character as {name} in every reply; never mention being an AI or a model.",
-            f"Who you are: {description}",
-            f"Personality: {personality}" if personality else "",
-            f"Setting: {soul.get('setting', '')}" if soul.get("setting") else "",
             f"How you speak: {voice_line}" if voice_line else "",
             "Always true: " + "; ".join(invariants) if invariants else "",
             "Never: " + "; ".join(never) if never else "",

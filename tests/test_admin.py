@@ -379,6 +379,64 @@ def test_session_page_lists_its_messages_read_only(admin_client):
     assert admin_client.post(reverse("admin:chat_chatsession_change", args=[session.pk]), {}).status_code == 403
 
 
+LORE = {
+    "activated": [
+        {"entry": "3", "name": "<script>alert('lore')</script> Weather", "reason": {"kind": "constant"}},
+        {"entry": "1", "name": "", "reason": {"kind": "key", "key": "lighthouse"}},
+        {"entry": "4", "name": "Storms", "reason": {"kind": "recursion", "via": "3", "key": "<b>gale</b>"}},
+        {"entry": "5", "name": "Lamp", "reason": {"kind": "decorator", "decorator": "@@activate"}},
+    ],
+    "skipped": [
+        {"entry": "7", "name": "Kraken", "reason": {"kind": "budget", "tokens": 120, "budget": 100, "used": 57}},
+        {"entry": "8", "name": "Tides", "reason": {"kind": "scan_depth", "key": "tide", "scan_depth": 2}},
+        {
+            "entry": "9",
+            "name": "Wreck",
+            "reason": {"kind": "secondary_keys", "key": "wreck", "logic": "AND_ALL", "secondary": ["reef"]},
+        },
+        {
+            "entry": "10",
+            "name": "Gulls",
+            "reason": {"kind": "decorator", "decorator": "@@activate_only_after", "value": 2, "turn": 1},
+        },
+    ],
+    "tokens": 57,
+    "state": {"version": 1, "kept": ["5"], "spent": []},
+    "historyDropped": 2,
+}
+
+
+def test_message_change_page_shows_the_lore_of_a_reply_escaped(admin_client):
+    message = MessageFactory(index=1, lore=LORE)
+    html = admin_client.get(reverse("admin:chat_message_change", args=[message.pk])).content.decode()
+    assert "Lore in the prompt" in html
+    assert "<script>alert(" not in html and "<b>gale</b>" not in html
+    assert "&lt;script&gt;alert(&#x27;lore&#x27;)&lt;/script&gt; Weather</strong> (entry 3) — always on" in html
+    assert "<strong>entry 1</strong> — key “lighthouse”" in html
+    assert "<strong>Storms</strong> (entry 4) — via entry 3, key “&lt;b&gt;gale&lt;/b&gt;”" in html
+    assert "<strong>Lamp</strong> (entry 5) — decorator @@activate" in html
+    assert "In the prompt</strong> (4 entries, 57 tokens)" in html
+    assert "Left out</strong> (4 candidates)" in html
+    assert "<strong>Kraken</strong> (entry 7) — over the token budget (120 tokens; 57 of 100 used)" in html
+    assert "<strong>Tides</strong> (entry 8) — key “tide” only beyond the last 2 messages" in html
+    assert "<strong>Wreck</strong> (entry 9) — key “wreck” but secondary keys not met (AND_ALL, found “reef”)" in html
+    assert "<strong>Gulls</strong> (entry 10) — decorator @@activate_only_after 2 (turn 1)" in html
+    assert "2 earlier messages left out of the prompt" in html
+    assert "kept 5; spent none" in html
+
+    rows = result_rows(admin_client.get(reverse("admin:chat_message_changelist")))
+    assert rows[0]["lore_display"] == "4 entries · 4 skipped"
+    session_page = admin_client.get(reverse("admin:chat_chatsession_change", args=[message.session_id]))
+    assert "4 entries · 4 skipped" in session_page.content.decode()
+
+
+def test_a_reply_without_lore_shows_none(admin_client):
+    message = MessageFactory(index=1)
+    html = admin_client.get(reverse("admin:chat_message_change", args=[message.pk])).content.decode()
+    assert 'class="lore"' not in html
+    assert result_rows(admin_client.get(reverse("admin:chat_message_changelist")))[0]["lore_display"] == "—"
+
+
 # ---------------------------------------------------------------- API keys and usage
 
 

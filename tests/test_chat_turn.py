@@ -31,7 +31,7 @@ def test_replies_share_their_persona_until_it_changes_and_then_read_it_again() -
     session = ChatSessionFactory(persona=persona, owner=persona.owner)
     first = turn(session, "Hello.")
     second = turn(session, "Still there?")
-    assert (first.voice.system_prompt, first.voice.calibration) == ("You keep the lamp.", persona.calibration)
+    assert (first.voice.character.system_prompt, first.voice.calibration) == ("You keep the lamp.", persona.calibration)
     # The same persona version: one shared copy, not one per reply.
     assert second.voice is first.voice
 
@@ -39,7 +39,7 @@ def test_replies_share_their_persona_until_it_changes_and_then_read_it_again() -
     persona.save()
     third = turn(session, "And now?")
     assert third.voice is not first.voice
-    assert (third.voice.system_prompt, third.voice.calibration) == (
+    assert (third.voice.character.system_prompt, third.voice.calibration) == (
         "You keep the lamp, and the logbook.",
         persona.calibration,
     )

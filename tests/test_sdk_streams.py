@@ -1,10 +1,22 @@
 """The Python SDK's stream reading and where it sends its key, against scripted HTTP answers (httpx.MockTransport)."""
 
+import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
-from moonborn import AsyncMoonborn, Completed, MessageStarted, Moonborn, MoonbornError, Token
+from moonborn import (
+    AsyncMoonborn,
+    Completed,
+    MessageStarted,
+    Moonborn,
+    MoonbornError,
+    Token,
+    ToolEnd,
+    ToolStart,
+    UnknownEvent,
+)
 from moonborn._sse import LineSplitter
 from moonborn._streaming import same_origin_location
 
@@ -23,6 +35,35 @@ BODY = (
     'id: 4\nevent: completed\ndata: {"messageId":"msg_1","driftScore":0.25,"driftThreshold":0.5,"drifted":false}\n\n'
 ).encode()
 TEXT = "one\u2028two\u2029three\x85four 😀\r\nfive"
+
+
+# The lorebook's tool call before the first token, then an event type this SDK does not know (a newer server's).
+LORE = {
+    "activated": [{"entry": "3", "name": "The lamp", "reason": {"kind": "constant"}}],
+    "skipped": [{"entry": "7", "name": "Kraken", "reason": {"kind": "budget", "tokens": 90, "budget": 64, "used": 40}}],
+    "tokens": 12,
+}
+TOOL_BODY = (
+    'id: 1\nevent: message.started\ndata: {"messageId":"msg_1","userMessageId":"msg_0"}\n\n'
+    'id: 2\nevent: tool_start\ndata: {"callId":"call_1","tool":"lorebook","args":{"turn":1}}\n\n'
+    'id: 3\nevent: tool_end\ndata: {"callId":"call_1","tool":"lorebook","status":"ok","result":'
+    + json.dumps(LORE, separators=(",", ":"))
+    + ',"durationMs":0.31}\n\n'
+    'id: 4\nevent: memory.recalled\ndata: {"items":[1,2]}\n\n'
+    'id: 5\nevent: token\ndata: {"delta":"Hello"}\n\n'
+    'id: 6\nevent: completed\ndata: {"messageId":"msg_1","driftScore":0.1,"driftThreshold":0.5,"drifted":false}\n\n'
+).encode()
+TOOL_TYPES = [MessageStarted, ToolStart, ToolEnd, UnknownEvent, Token, Completed]
+
+
+def assert_tool_events(events: list[Any]) -> None:
+    assert [type(e) for e in events] == TOOL_TYPES
+    assert [e.id for e in events] == [1, 2, 3, 4, 5, 6]
+    start, end, unknown = events[1], events[2], events[3]
+    assert (start.type, start.call_id, start.tool, start.args) == ("tool_start", "call_1", "lorebook", {"turn": 1})
+    assert (end.type, end.call_id, end.tool, end.status) == ("tool_end", "call_1", "lorebook", "ok")
+    assert (end.result, end.duration_ms) == (LORE, 0.31)
+    assert (unknown.type, unknown.data) == ("memory.recalled", {"items": [1, 2]})
 
 
 def chunks(body: bytes, size: int) -> list[bytes]:
@@ -184,3 +225,27 @@ async def test_an_async_client_that_follows_redirects_sends_the_key_only_to_the_
         ("https://api.test/v1/personas", None),
         ("http://evil.example/v1/personas", None),
     ]
+
+
+@pytest.mark.parametrize("size", [1, 9, len(TOOL_BODY)])
+def test_sync_stream_types_the_tool_events_and_keeps_an_unknown_event_without_failing(size: int) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=SSE, content=iter(chunks(TOOL_BODY, size)))
+
+    with sync_client(handle) as client:
+        stream = client.chat.stream_message("ses_1", "hi")
+        events = stream.until_done()
+    assert_tool_events(events)
+    assert (stream.text, stream.done, stream.last_event_id) == ("Hello", True, 6)
+
+
+@pytest.mark.parametrize("size", [1, len(TOOL_BODY)])
+async def test_async_stream_types_the_tool_events_and_keeps_an_unknown_event_without_failing(size: int) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=SSE, content=trickle(chunks(TOOL_BODY, size)))
+
+    async with async_client(handle) as client:
+        stream = await client.chat.stream_message("ses_1", "hi")
+        events = await stream.until_done()
+    assert_tool_events(events)
+    assert (stream.text, stream.done, stream.last_event_id) == ("Hello", True, 6)

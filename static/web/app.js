@@ -260,6 +260,142 @@ function driftBadge(item, score, threshold, drifted) {
   item.dataset.drifted = String(Boolean(drifted));
 }
 
+// ---- Lorebook: the `lorebook` tool a reply calls before its first token, and what it put into the prompt.
+
+const quote = (text) => `“${text}”`;
+const quoteAll = (keys) => (Array.isArray(keys) ? keys : []).map(quote).join(", ");
+const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+
+function loreEntryName(record) {
+  return record.name ? record.name : `entry ${record.entry}`;
+}
+
+// Why an entry went into the prompt, or was left out. The API camelCases keys (scanDepth), the stream does not.
+function loreReason(reason) {
+  const r = reason || {};
+  const key = r.key == null ? "" : `key ${quote(r.key)}`;
+  const found = Array.isArray(r.secondary) && r.secondary.length ? quoteAll(r.secondary) : "";
+  switch (r.kind) {
+    case "key":
+      return Array.isArray(r.additional) && r.additional.length ? `${key} and ${quoteAll(r.additional)}` : key;
+    case "secondary_key":
+      if (r.logic === "NOT_ANY") return `${key}, no secondary key`;
+      if (r.logic === "NOT_ALL") return `${key}, not every secondary key`;
+      return found ? `${key} and ${found}` : key;
+    case "constant":
+      return "always on";
+    case "recursion":
+      return `via entry ${r.via}${key ? `, ${key}` : ""}`;
+    case "decorator": {
+      if (r.decorator === "@@additional_keys") return `${key} but none of ${quoteAll(r.keys)} (@@additional_keys)`;
+      if (r.decorator === "@@exclude_keys") return `${key} but ${quote(r.excluded)} excludes it (@@exclude_keys)`;
+      const value = r.value == null ? "" : ` ${r.value}`;
+      const turn = r.turn == null ? "" : ` (turn ${r.turn})`;
+      return `decorator ${r.decorator}${value}${turn}`;
+    }
+    case "budget":
+      return `over the token budget (${plural(r.tokens, "token", "tokens")}; ${r.used} of ${r.budget} used)`;
+    case "scan_depth":
+      return `${key} only beyond the last ${plural(r.scan_depth ?? r.scanDepth, "message", "messages")}`;
+    case "secondary_keys":
+      return `${key} but secondary keys not met (${r.logic}, ${found ? `found ${found}` : "none found"})`;
+    case "recursion_limit":
+      return `${key} via entry ${r.via}, past the recursion limit`;
+    default:
+      return String(r.kind || "unknown");
+  }
+}
+
+function loreList(records, className) {
+  const list = document.createElement("ul");
+  list.className = `lore-list ${className}`;
+  for (const record of records) {
+    const row = document.createElement("li");
+    row.dataset.entry = String(record.entry);
+    const name = document.createElement("span");
+    name.className = "lore-name";
+    name.textContent = loreEntryName(record);
+    const why = document.createElement("span");
+    why.className = "lore-why";
+    why.textContent = loreReason(record.reason);
+    row.append(name, " — ", why);
+    list.append(row);
+  }
+  return list;
+}
+
+// The collapsible "Lore: 2 entries" line, from a `tool_end` result or a stored message's `lore`.
+function loreDetails(lore) {
+  const activated = Array.isArray(lore.activated) ? lore.activated : [];
+  const skipped = Array.isArray(lore.skipped) ? lore.skipped : [];
+  const details = document.createElement("details");
+  details.className = "tool lore";
+  details.dataset.entries = String(activated.length);
+  const summary = document.createElement("summary");
+  summary.textContent =
+    `Lore: ${activated.length ? plural(activated.length, "entry", "entries") : "no entries"}` +
+    (skipped.length ? ` · ${skipped.length} skipped` : "");
+  details.append(summary);
+  if (activated.length) {
+    details.append(loreList(activated, "activated"));
+  } else {
+    const none = document.createElement("p");
+    none.className = "lore-note";
+    none.textContent = "No entry went into the prompt.";
+    details.append(none);
+  }
+  if (skipped.length) {
+    const head = document.createElement("p");
+    head.className = "lore-note";
+    head.textContent = "Left out:";
+    details.append(head, loreList(skipped, "skipped"));
+  }
+  const notes = [];
+  if (typeof lore.tokens === "number") notes.push(`${plural(lore.tokens, "token", "tokens")} of lore in the prompt`);
+  if (lore.historyDropped) {
+    notes.push(`${plural(lore.historyDropped, "earlier message", "earlier messages")} left out of the prompt`);
+  }
+  if (notes.length) {
+    const foot = document.createElement("p");
+    foot.className = "lore-note";
+    foot.textContent = notes.join(" · ");
+    details.append(foot);
+  }
+  return details;
+}
+
+// One line per tool call, just above the reply's meta line; replaced (not edited) when the call ends.
+function toolLine(item, callId) {
+  return [...item.querySelectorAll(".tool")].find((node) => node.dataset.callId === callId) || null;
+}
+
+function placeTool(item, node, callId) {
+  node.dataset.callId = callId || "";
+  const existing = callId ? toolLine(item, callId) : null;
+  if (existing) existing.replaceWith(node);
+  else item.insertBefore(node, item.querySelector(".meta"));
+}
+
+function toolStarted(item, data) {
+  const line = document.createElement("p");
+  line.className = "tool running";
+  line.textContent = data.tool === "lorebook" ? "Consulting lorebook…" : `Using ${data.tool}…`;
+  placeTool(item, line, data.callId);
+}
+
+function toolEnded(item, data) {
+  let node;
+  if (data.tool === "lorebook" && data.status === "ok" && data.result) {
+    node = loreDetails(data.result);
+  } else {
+    node = document.createElement("p");
+    node.className = data.status === "ok" ? "tool" : "tool failed";
+    const what = data.tool === "lorebook" ? "Lorebook" : String(data.tool);
+    node.textContent = data.status === "ok" ? `${what}: done` : `${what}: ${data.status}`;
+  }
+  placeTool(item, node, data.callId);
+}
+
 function finish(item, status, note) {
   item.dataset.status = status;
   item.removeAttribute("aria-busy");
@@ -277,6 +413,7 @@ function renderStored(message) {
   item.querySelector(".text").textContent = message.content;
   if (message.role === "assistant") {
     driftBadge(item, message.driftScore, message.driftThreshold, message.drifted);
+    if (message.lore && Array.isArray(message.lore.activated)) placeTool(item, loreDetails(message.lore), "");
     if (message.status === "cancelled") finish(item, "cancelled", "cancelled");
     else if (message.status === "failed") finish(item, "failed", "failed");
     else finish(item, message.status, "");
@@ -305,6 +442,8 @@ function initChat() {
     try {
       const terminal = await followRun(openFirst, (event, data) => {
         if (event === "message.started") item.dataset.messageId = data.messageId;
+        else if (event === "tool_start") toolStarted(item, data);
+        else if (event === "tool_end") toolEnded(item, data);
         else if (event === "token") text.textContent += data.delta;
         else if (event === "completed") {
           driftBadge(item, data.driftScore, data.driftThreshold, data.drifted);
@@ -387,6 +526,7 @@ function initChat() {
             }).then((response) => {
               if (response.status === 204) {
                 item.querySelector(".text").textContent = message.content;
+                if (message.lore && Array.isArray(message.lore.activated)) placeTool(item, loreDetails(message.lore), "");
               }
               return response;
             }),

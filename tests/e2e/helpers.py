@@ -25,6 +25,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 JSON = {"Accept": "application/json"}
+# A generated persona has a lorebook: every reply consults it (`tool_start`, `tool_end`) before its first token.
+LORE_TOOL = ["tool_start", "tool_end"]
 
 FRAME = re.compile(rb"id: (\d+)\nevent: ([a-z][a-z0-9_.]*)\ndata: ([^\n]*)\n\n")
 HEARTBEAT = b": heartbeat\n"

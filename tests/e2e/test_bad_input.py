@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from tests.e2e.helpers import JSON, SSE, make_persona, make_session, parse_wire
+from tests.e2e.helpers import JSON, LORE_TOOL, SSE, make_persona, make_session, parse_wire
 
 OK_PERSONA = {"prompt": "A kind blacksmith"}
 
@@ -200,5 +200,5 @@ def test_server_streams_normally_after_bad_input(server, world):
         ) as response,
     ):
         events, _ = parse_wire(response.read())
-    assert [e.event for e in events] == ["message.started"] + ["token"] * 24 + ["completed"]
+    assert [e.event for e in events] == ["message.started", *LORE_TOOL] + ["token"] * 24 + ["completed"]
     assert "Traceback" not in server.log()

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from tests.conftest import PG_ADMIN_URL, Cluster, LiveServer, manage, start_uvicorn
-from tests.e2e.helpers import JSON, WireEvent, parse_wire, stream_events, wait_for
+from tests.e2e.helpers import JSON, LORE_TOOL, WireEvent, parse_wire, stream_events, wait_for
 from tests.e2e.test_disconnect import read_until
 
 SLOW = {"MOONBORN_DEMO_DELAY_MS": "30", "MOONBORN_DEMO_REPLY_TOKENS": "150"}
@@ -219,8 +219,8 @@ def test_concurrent_streams_across_two_workers_get_every_event_exactly_once(clus
         thread.join(timeout=120)
     assert sorted(status for status, _ in outcomes) == [200] * 40
     for _, events in outcomes:
-        assert [e.id for e in events] == list(range(1, 63))
-        assert [e.event for e in events] == ["message.started"] + ["token"] * 60 + ["completed"]
+        assert [e.id for e in events] == list(range(1, 65))
+        assert [e.event for e in events] == ["message.started", *LORE_TOOL] + ["token"] * 60 + ["completed"]
 
     # Back to where they started: no leaked tasks, no leaked database connections.
     def settled() -> bool:
@@ -456,6 +456,6 @@ def test_requests_after_postgresql_dropped_every_connection_succeed(cluster_fact
             events = stream_events(
                 c, "POST", f"/v1/chat/sessions/{session}/messages", json={"content": f"And now? {attempt}"}
             )
-            assert [e.event for e in events] == ["message.started"] + ["token"] * 5 + ["completed"]
+            assert [e.event for e in events] == ["message.started", *LORE_TOOL] + ["token"] * 5 + ["completed"]
     assert len(stored_messages(worker, cluster, session)) == 12
     assert "Traceback" not in worker.log()

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.helpers import JSON, SSE, make_persona, make_session, messages, parse_wire, wait_for
+from tests.e2e.helpers import JSON, LORE_TOOL, SSE, make_persona, make_session, messages, parse_wire, wait_for
 
 SLOW = {"MOONBORN_DEMO_DELAY_MS": "40", "MOONBORN_DEMO_REPLY_TOKENS": "400"}
 
@@ -41,7 +41,8 @@ def test_chat_reply_stops_within_a_second_of_the_client_closing(slow_server):
     with client.stream(
         "POST", f"/v1/chat/sessions/{session_id}/messages", json={"content": "Talk to me"}, headers=SSE
     ) as response:
-        body = read_until(response.iter_raw(), 6)
+        # message.started, the lorebook's tool_start and tool_end, then five tokens.
+        body = read_until(response.iter_raw(), 8)
         closed_at = time.monotonic()
     client.close()
     received = body[: body.rindex(b"\n\n") + 2]
@@ -175,12 +176,12 @@ def test_a_failed_reply_keeps_what_it_produced(server_factory):
         ) as response:
             events, _ = parse_wire(response.read())
         json_reply = client.post(f"/v1/chat/sessions/{session_id}/messages", json={"content": "Again"}, headers=JSON)
-    assert [e.event for e in events] == ["message.started"] + ["token"] * 5 + ["error"]
+    assert [e.event for e in events] == ["message.started", *LORE_TOOL] + ["token"] * 5 + ["error"]
     assert events[-1].data["code"] == "provider_error"
     assert events[-1].data["retryable"] is True
     stored = messages(server, session_id)
     assert stored[1]["status"] == "failed"
-    assert stored[1]["content"] == "".join(e.data["delta"] for e in events[1:6])
+    assert stored[1]["content"] == "".join(e.data["delta"] for e in events[3:8])
     assert json_reply.status_code == 502
     assert json_reply.json()["error"]["code"] == "provider_error"
     assert messages(server, session_id)[-1]["status"] == "failed"

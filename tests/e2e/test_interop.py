@@ -19,7 +19,7 @@ from moonborn import AsyncMoonborn, Moonborn
 
 from llm.demo import step_output
 from tests.conftest import ROOT, LiveServer
-from tests.e2e.helpers import SSE, make_persona, make_session, messages, parse_wire, stream_events
+from tests.e2e.helpers import LORE_TOOL, SSE, make_persona, make_session, messages, parse_wire, stream_events
 from tests.e2e.test_providers import step_of
 from tests.fakes.upstream import Answer, Behaviour, FakeUpstream, words
 
@@ -30,13 +30,15 @@ TYPES = {
     "step.completed",
     "pipeline.completed",
     "message.started",
+    "tool_start",
+    "tool_end",
     "token",
     "completed",
     "error",
 }
 PROMPT = "A lamplighter in a city of canals"
 QUESTION = "What does the city sound like at dusk?"
-IDS = re.compile(r"^(per|msg|ses)_[0-9a-z]+$")
+IDS = re.compile(r"^(per|msg|ses|call)_[0-9a-z]+$")
 
 Event = tuple[int, str, dict[str, Any]]
 
@@ -77,12 +79,28 @@ def normalized(events: list[Event]) -> list[Event]:
             if isinstance(value, str) and IDS.match(value):
                 clean[key] = value[:4]
             elif key == "durationMs":
-                assert isinstance(value, int) and value >= 0
+                # A step's duration is whole milliseconds; a tool call's, a fraction of one (a JSON number).
+                numeric = (int, float) if kind == "tool_end" else (int,)
+                assert isinstance(value, numeric) and not isinstance(value, bool) and value >= 0
                 clean[key] = "ms"
             else:
                 clean[key] = value
         out.append((number, kind, clean))
     return out
+
+
+def assert_lorebook_call(events: list[Event], name: str) -> None:
+    """The reply's lorebook call, as this client read it: `tool_start` then `tool_end`, one `callId`, both right
+    after `message.started` and before the first `token`."""
+    kinds = [kind for _, kind, _ in events]
+    assert kinds[:4] == ["message.started", *LORE_TOOL, "token"], name
+    assert kinds.count("tool_start") == kinds.count("tool_end") == 1, name
+    (_, _, start), (_, _, end) = events[1:3]
+    assert start["callId"].startswith("call_") and IDS.match(start["callId"]), name
+    assert end["callId"] == start["callId"], name
+    assert (start["tool"], start["args"]) == ("lorebook", {"turn": 1}), name
+    assert (end["tool"], end["status"]) == ("lorebook", "ok"), name
+    assert set(end["result"]) == {"activated", "skipped", "tokens"}, name
 
 
 def curl(url: str, key: str, body: str) -> list[Event]:
@@ -161,8 +179,9 @@ def test_every_client_reads_the_chat_stream_identically(server):
     session_id, _ = fresh_url()
     reference = httpx_sse(server, "POST", f"/v1/chat/sessions/{session_id}/messages?stream=true", {"content": QUESTION})
     kinds = [kind for _, kind, _ in reference]
-    assert kinds == ["message.started"] + ["token"] * 24 + ["completed"]
-    assert [number for number, _, _ in reference] == list(range(1, 27))
+    assert kinds == ["message.started", *LORE_TOOL] + ["token"] * 24 + ["completed"]
+    assert [number for number, _, _ in reference] == list(range(1, 29))
+    assert_lorebook_call(reference, "httpx-sse")
     text = "".join(data["delta"] for _, kind, data in reference if kind == "token")
     stored = messages(server, session_id)[-1]
     assert (stored["content"], stored["status"]) == (text, "completed")
@@ -182,9 +201,11 @@ def test_every_client_reads_the_chat_stream_identically(server):
     for name, events in results.items():
         assert normalized(events) == normalized(reference), name
         assert "".join(data["delta"] for _, kind, data in events if kind == "token") == text, name
+        assert_lorebook_call(events, name)
 
     replay = node("eventsource", f"{server.base_url}/v1/chat/sessions/{session_id}/messages/{message_id}/events", key)
     assert as_events(replay["events"]) == reference
+    assert_lorebook_call(as_events(replay["events"]), "eventsource")
     assert (replay["opens"], replay["closedByServer"]) == (1, True)
 
 
@@ -250,15 +271,19 @@ def test_every_client_and_both_sdks_read_a_reply_with_unicode_line_breaks(unicod
         raw = client.post(f"/v1/chat/sessions/{session_id}/messages", json={"content": QUESTION}, headers=SSE).content
     assert [b"\xe2\x80\xa8" in raw, b"\xe2\x80\xa9" in raw, b"\xc2\x85" in raw] == [False, False, False]
     wire, _ = parse_wire(raw)
-    assert [(e.event, e.data.get("delta")) for e in wire[1:-1]] == [("token", delta) for delta in UNICODE_REPLY]
+    assert [e.event for e in wire[:3]] == ["message.started", *LORE_TOOL]
+    assert [(e.event, e.data.get("delta")) for e in wire[3:-1]] == [("token", delta) for delta in UNICODE_REPLY]
     assert b'data: {"delta":"The tide\\u2028turns"}\n\n' in raw
     assert b'data: {"delta":"\\r\\nall night"}\n\n' in raw
     assert 'data: {"delta":" the 🌊 hums"}\n\n'.encode() in raw
 
     session_id, _ = fresh_url()
     reference = httpx_sse(server, "POST", f"/v1/chat/sessions/{session_id}/messages?stream=true", {"content": QUESTION})
-    assert [kind for _, kind, _ in reference] == ["message.started"] + ["token"] * len(UNICODE_REPLY) + ["completed"]
-    assert [number for number, _, _ in reference] == list(range(1, len(UNICODE_REPLY) + 3))
+    assert [kind for _, kind, _ in reference] == ["message.started", *LORE_TOOL] + ["token"] * len(UNICODE_REPLY) + [
+        "completed"
+    ]
+    assert [number for number, _, _ in reference] == list(range(1, len(UNICODE_REPLY) + 5))
+    assert_lorebook_call(reference, "httpx-sse")
     assert [data["delta"] for _, kind, data in reference if kind == "token"] == list(UNICODE_REPLY)
     stored = messages(server, session_id)[-1]
     assert (stored["content"], stored["status"]) == (UNICODE_TEXT, "completed")
@@ -288,8 +313,10 @@ def test_every_client_and_both_sdks_read_a_reply_with_unicode_line_breaks(unicod
     for name, events in results.items():
         assert normalized(events) == normalized(reference), name
         assert "".join(data["delta"] for _, kind, data in events if kind == "token") == UNICODE_TEXT, name
+        assert_lorebook_call(events, name)
 
     replay = node("eventsource", f"{server.base_url}/v1/chat/sessions/{session_id}/messages/{message_id}/events", key)
     assert as_events(replay["events"]) == reference
+    assert_lorebook_call(as_events(replay["events"]), "eventsource")
     assert results["python sdk, replayed"] == reference
     assert (replay["opens"], replay["closedByServer"]) == (1, True)

@@ -18,7 +18,7 @@ import pytest
 from llm.demo import step_output
 from personas.steps import CALIBRATION_TURNS, STEP_FIELDS, STEP_GUIDANCE, STEPS
 from tests.conftest import ROOT, LiveServer, free_port
-from tests.e2e.helpers import JSON, SSE, make_persona, make_session, messages, parse_wire, wait_for
+from tests.e2e.helpers import JSON, LORE_TOOL, SSE, make_persona, make_session, messages, parse_wire, wait_for
 from tests.fakes.upstream import MODEL_SUFFIX, Answer, Behaviour, Drop, Fail, FakeUpstream, Hang, prompt_tokens, words
 
 TIMEOUT = 2.0
@@ -99,8 +99,8 @@ def test_persona_and_chat_stream_the_upstreams_tokens(upstream: tuple[FakeUpstre
             f"/v1/chat/sessions/{session_id}/messages", json={"content": "Tell me of the gale."}, headers=SSE
         )
     events, _ = parse_wire(response.content)
-    assert [e.event for e in events] == ["message.started", *["token"] * len(REPLY), "completed"]
-    assert [e.data["delta"] for e in events[1:-1]] == list(REPLY)
+    assert [e.event for e in events] == ["message.started", *LORE_TOOL, *["token"] * len(REPLY), "completed"]
+    assert [e.data["delta"] for e in events[3:-1]] == list(REPLY)
     assert [e.id for e in events] == list(range(1, len(events) + 1))
     message_id = events[0].data["messageId"]
     reply = messages(server, session_id)[-1]
@@ -126,7 +126,8 @@ def test_a_client_disconnect_closes_the_upstream_within_a_second(upstream: tuple
         body = b""
         for chunk in response.iter_raw():
             body += chunk
-            if body.count(b"\n\n") >= 6:
+            # message.started, the lorebook's tool_start and tool_end, then five tokens.
+            if body.count(b"\n\n") >= 8:
                 break
         closed_at = time.monotonic()
     client.close()
@@ -174,8 +175,8 @@ def test_upstream_failures_end_the_stream_with_an_error_event(
     elapsed = time.monotonic() - started
     assert elapsed < TIMEOUT + 2
     events, _ = parse_wire(response.content)
-    assert [e.event for e in events] == ["message.started", *["token"] * n_tokens, "error"]
-    assert [e.data["delta"] for e in events[1:-1]] == list(REPLY[:n_tokens])
+    assert [e.event for e in events] == ["message.started", *LORE_TOOL, *["token"] * n_tokens, "error"]
+    assert [e.data["delta"] for e in events[3:-1]] == list(REPLY[:n_tokens])
     error = events[-1].data
     assert (error["code"], error["retryable"]) == (code, True)
     assert error["error"].endswith(sentence), error

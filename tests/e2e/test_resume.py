@@ -5,7 +5,7 @@ import threading
 import httpx
 import pytest
 
-from tests.e2e.helpers import SSE, make_persona, make_session, parse_wire
+from tests.e2e.helpers import LORE_TOOL, SSE, make_persona, make_session, parse_wire
 from tests.e2e.test_disconnect import read_until
 
 
@@ -29,18 +29,18 @@ def test_resume_replays_exactly_the_missing_events_then_follows_live(server_fact
             assert resumed.headers["content-type"] == "text/event-stream; charset=utf-8"
             rest, _ = parse_wire(resumed.read())
         # Replayed and live events together: exactly the ones after `last_seen`, then the end.
-        assert [e.id for e in rest] == list(range(last_seen + 1, 63))
+        assert [e.id for e in rest] == list(range(last_seen + 1, 65))
         assert rest[-1].event == "completed"
         full = first + rest
-        assert [e.event for e in full] == ["message.started"] + ["token"] * 60 + ["completed"]
+        assert [e.event for e in full] == ["message.started", *LORE_TOOL] + ["token"] * 60 + ["completed"]
         stored = client.get(f"/v1/chat/sessions/{session_id}/messages/{message_id}").json()
         assert stored["content"] == "".join(e.data["delta"] for e in full if e.event == "token")
 
         # The query parameter works like the header.
-        with client.stream("GET", f"{url}?lastEventId=60") as tail:
-            assert [e.id for e in parse_wire(tail.read())[0]] == [61, 62]
+        with client.stream("GET", f"{url}?lastEventId=62") as tail:
+            assert [e.id for e in parse_wire(tail.read())[0]] == [63, 64]
         # A client that saw the terminal event gets 204: an EventSource stops reconnecting.
-        assert client.get(url, headers={"Last-Event-ID": "62"}).status_code == 204
+        assert client.get(url, headers={"Last-Event-ID": "64"}).status_code == 204
 
 
 def test_persona_events_resume_and_204(server):
@@ -121,5 +121,5 @@ def test_two_followers_receive_identical_events(server_factory):
     origin, _ = parse_wire(bodies["origin"])
     follower, _ = parse_wire(bodies["follower"])
     assert origin == follower
-    assert [e.id for e in origin] == list(range(1, 63))
+    assert [e.id for e in origin] == list(range(1, 65))
     assert origin[-1].event == "completed"

@@ -19,6 +19,8 @@ from moonborn import (
     StepCompleted,
     StepStarted,
     Token,
+    ToolEnd,
+    ToolStart,
 )
 
 from tests.e2e.cutproxy import CutProxy
@@ -43,11 +45,13 @@ def assert_persona_events(events, persona_id):
 
 
 def assert_reply_events(events, stored):
-    assert isinstance(events[0], MessageStarted)
-    assert all(isinstance(e, Token) for e in events[1:-1])
+    # A generated persona has a lorebook: the reply consults it (one tool call) before its first token.
+    assert [type(e) for e in events[:3]] == [MessageStarted, ToolStart, ToolEnd]
+    assert events[1].call_id == events[2].call_id
+    assert all(isinstance(e, Token) for e in events[3:-1])
     assert isinstance(events[-1], Completed)
     assert [e.id for e in events] == list(range(1, len(events) + 1))
-    assert "".join(e.delta for e in events[1:-1]) == stored["content"]
+    assert "".join(e.delta for e in events[3:-1]) == stored["content"]
     assert events[-1].message_id == events[0].message_id == stored["id"]
     assert events[-1].drift_score == stored["driftScore"]
     assert events[-1].drifted == (stored["driftScore"] > stored["driftThreshold"])
@@ -70,7 +74,30 @@ def test_sync_client_streams_a_persona_and_a_reply(server):
         assert stored["status"] == "completed"
         assert reply.text == stored["content"]
         assert_reply_events(events, stored)
-        assert len(events) == 24 + 2
+        assert len(events) == 24 + 4
+
+
+def test_a_reply_streams_its_lorebook_call_as_typed_tool_events(server):
+    with sdk(server) as client:
+        session = client.chat.sessions.create(client.personas.create("A lighthouse keeper who collects shells")["id"])
+        for turn in (1, 2):
+            events = client.chat.stream_message(session["id"], "Tell me about the lighthouse.").until_done()
+            start, end = events[1], events[2]
+            assert isinstance(start, ToolStart) and isinstance(end, ToolEnd)
+            assert (start.id, start.type, end.id, end.type) == (2, "tool_start", 3, "tool_end")
+            assert start.call_id.startswith("call_")
+            assert end.call_id == start.call_id
+            assert (start.tool, start.args) == ("lorebook", {"turn": turn})
+            assert (end.tool, end.status) == ("lorebook", "ok")
+            assert set(end.result) == {"activated", "skipped", "tokens"}
+            assert isinstance(end.duration_ms, float) and end.duration_ms >= 0
+            assert start.data == {"callId": start.call_id, "tool": "lorebook", "args": {"turn": turn}}
+            assert end.data["result"] == end.result
+            # The history keeps what the tool found, without the state the server keeps for the next turn.
+            history = client.chat.messages(session["id"])["results"]
+            assert history[-1]["lore"] == {**end.result, "historyDropped": 0}
+            assert history[-2]["lore"] is None
+            assert isinstance(events[3], Token)
 
 
 def test_sync_client_json_calls(server):
@@ -136,15 +163,17 @@ def test_cancel_ends_the_reply_and_keeps_the_partial_text(server_factory):
             events = []
             for event in reply:
                 events.append(event)
-                if len(events) == 4:
+                # message.started, the lorebook's tool_start and tool_end, then three tokens.
+                if len(events) == 6:
                     reply.cancel()
         assert isinstance(events[-1], ErrorEvent)
         assert (events[-1].code, events[-1].retryable) == ("cancelled", False)
-        assert all(isinstance(e, Token) for e in events[1:-1])
+        assert [type(e) for e in events[:3]] == [MessageStarted, ToolStart, ToolEnd]
+        assert all(isinstance(e, Token) for e in events[3:-1])
         stored = messages(server, session_id)[-1]
         assert stored["status"] == "cancelled"
         assert stored["content"] == reply.text
-        assert 3 <= len(events) - 2 < 60
+        assert 3 <= len(events) - 4 < 60
 
 
 def test_leaving_a_reply_early_cancels_it(server_factory):
@@ -174,7 +203,7 @@ def test_sync_stream_resumes_after_a_cut_connection_without_losing_or_repeating_
         stored = messages(server, session_id)[-1]
         assert stored["status"] == "completed"
         assert_reply_events(events, stored)
-        assert len(events) == 62
+        assert len(events) == 64
     finally:
         proxy.close()
 
@@ -214,7 +243,8 @@ async def test_async_client_streams_cancels_and_resumes(server_factory):
                 seen = []
                 async for event in reply:
                     seen.append(event)
-                    if len(seen) == 3:
+                    # message.started, the lorebook's tool_start and tool_end, then two tokens.
+                    if len(seen) == 5:
                         await reply.cancel()
             assert isinstance(seen[-1], ErrorEvent)
             assert seen[-1].code == "cancelled"

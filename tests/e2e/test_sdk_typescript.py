@@ -46,7 +46,7 @@ def test_typescript_sdk_unit_suite_passes():
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "ℹ pass 17" in done.stdout and "ℹ fail 0" in done.stdout, done.stdout
+    assert "ℹ pass 18" in done.stdout and "ℹ fail 0" in done.stdout, done.stdout
 
 
 def test_committed_javascript_is_built_from_the_typescript_source(tmp_path):

@@ -2,7 +2,16 @@
 
 import httpx
 
-from tests.e2e.helpers import JSON, SSE, make_persona, make_session, messages, parse_wire, stream_events
+from tests.e2e.helpers import (
+    JSON,
+    LORE_TOOL,
+    SSE,
+    make_persona,
+    make_session,
+    messages,
+    parse_wire,
+    stream_events,
+)
 
 STEPS = ["soul_draft", "lore_weave", "psyche_profile", "voice_print", "dialogue_seed", "card_compile"]
 
@@ -69,12 +78,15 @@ def test_chat_stream_is_the_exact_event_sequence_and_deltas_equal_the_stored_rep
     assert "content-encoding" not in response.headers
     assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
     events, _ = parse_wire(body)
-    assert [e.id for e in events] == list(range(1, 27))
-    assert [e.event for e in events] == ["message.started"] + ["token"] * 24 + ["completed"]
+    assert [e.id for e in events] == list(range(1, 29))
+    assert [e.event for e in events] == ["message.started", *LORE_TOOL] + ["token"] * 24 + ["completed"]
     message_id = events[0].data["messageId"]
     assert set(events[0].data) == {"messageId", "userMessageId"}
     assert response.headers["location"] == f"/v1/chat/sessions/{session_id}/messages/{message_id}"
-    assert all(set(e.data) == {"delta"} and e.data["delta"] for e in events[1:-1])
+    start, end = events[1].data, events[2].data
+    assert (start["tool"], end["tool"], end["status"], end["callId"]) == ("lorebook", "lorebook", "ok", start["callId"])
+    assert set(end) == {"callId", "tool", "status", "result", "durationMs"}
+    assert all(set(e.data) == {"delta"} and e.data["delta"] for e in events[3:-1])
     completed = events[-1].data
     assert set(completed) == {"messageId", "driftScore", "driftThreshold", "drifted"}
     assert completed["messageId"] == message_id
@@ -86,7 +98,8 @@ def test_chat_stream_is_the_exact_event_sequence_and_deltas_equal_the_stored_rep
     assert stored[0]["id"] == events[0].data["userMessageId"]
     assert stored[0]["content"] == "Walk me through your morning."
     assert stored[1]["id"] == message_id
-    assert stored[1]["content"] == "".join(e.data["delta"] for e in events[1:-1])
+    assert stored[1]["content"] == "".join(e.data["delta"] for e in events[3:-1])
+    assert stored[1]["lore"]["activated"] == end["result"]["activated"]
     assert stored[1]["driftScore"] == completed["driftScore"]
     assert stored[1]["driftThreshold"] == completed["driftThreshold"]
 
@@ -125,8 +138,8 @@ def test_httpx_sse_reads_the_same_events(server):
         events = stream_events(
             client, "POST", f"/v1/chat/sessions/{session_id}/messages?stream=true", json={"content": "Hello!"}
         )
-    assert [e.id for e in events] == list(range(1, 27))
-    assert [e.event for e in events] == ["message.started"] + ["token"] * 24 + ["completed"]
+    assert [e.id for e in events] == list(range(1, 29))
+    assert [e.event for e in events] == ["message.started", *LORE_TOOL] + ["token"] * 24 + ["completed"]
 
 
 def test_heartbeat_is_a_comment_line_without_a_blank_line(server_factory):
@@ -143,14 +156,14 @@ def test_heartbeat_is_a_comment_line_without_a_blank_line(server_factory):
         events, heartbeats = parse_wire(body)
         assert heartbeats >= 3
         assert b": heartbeat\n\n" not in body
-        assert [e.event for e in events] == ["message.started", "token", "token", "token", "completed"]
+        assert [e.event for e in events] == ["message.started", *LORE_TOOL, "token", "token", "token", "completed"]
         # A real client sees no phantom event for the heartbeats.
         from tests.e2e.helpers import stream_events
 
         seen = stream_events(
             client, "POST", f"/v1/chat/sessions/{session}/messages?stream=true", json={"content": "Again"}
         )
-        assert [e.event for e in seen] == ["message.started", "token", "token", "token", "completed"]
+        assert [e.event for e in seen] == ["message.started", *LORE_TOOL, "token", "token", "token", "completed"]
 
 
 def test_persona_json_fallback(server):

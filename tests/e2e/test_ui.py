@@ -55,6 +55,20 @@ def page(server_factory):
             proxy.close()
 
 
+# Records the text of every tool line added to the history (the `lorebook` call's "Consulting lorebook…" is
+# replaced by its result within a few milliseconds, before the first token).
+WATCH_TOOLS = """() => {
+  window.toolLog = [];
+  new MutationObserver((changes) => {
+    for (const change of changes) {
+      for (const node of change.addedNodes) {
+        if (node.nodeType === 1 && node.classList.contains("tool")) window.toolLog.push(node.textContent);
+      }
+    }
+  }).observe(document.getElementById("history"), {subtree: true, childList: true});
+}"""
+
+
 def shot(page: Page, name: str) -> Path:
     path = ARTIFACTS / f"ui-{name}.png"
     page.screenshot(path=str(path), full_page=True)
@@ -118,7 +132,9 @@ def test_browser_creates_a_persona_chats_stops_resumes_and_reloads(page):
     expect(page).to_have_url(re.compile(r"/chat/ses_[0-9a-z]+$"))
     session_id = page.url.rsplit("/", 1)[1]
     expect(page.locator("#chat")).to_have_attribute("data-loaded", "true")
-    page.get_by_label("Your message").fill("Walk me through a stormy night at the lamp.")
+    page.evaluate(WATCH_TOOLS)
+    # "home" is a key of the demo lorebook's second entry (llm.demo's lore_weave: keys "home" and the setting).
+    page.get_by_label("Your message").fill("Walk me through a stormy night at the lamp, far from home.")
     page.get_by_label("Your message").press("Enter")
     seen = watch_reply(page)
     growing = [text for text in seen if text]
@@ -134,6 +150,22 @@ def test_browser_creates_a_persona_chats_stops_resumes_and_reloads(page):
     assert len(stored[1]["content"].split()) == 60
     badge = f"drift {stored[1]['driftScore']:.2f} / {stored[1]['driftThreshold']:.2f}"
     expect(first.locator(".badge")).to_have_text(("drifted " if stored[1]["drifted"] else "") + badge)
+
+    # The lorebook was consulted before the first token: "Consulting lorebook…", then the entries it put in and why.
+    lore = stored[1]["lore"]
+    home = next(a for a in lore["activated"] if a["reason"] == {"kind": "key", "key": "home"})
+    assert page.evaluate("window.toolLog")[0] == "Consulting lorebook…"
+    count = len(lore["activated"])
+    summary = f"Lore: {count} {'entry' if count == 1 else 'entries'}"
+    skipped = f" · {len(lore['skipped'])} skipped" if lore["skipped"] else ""
+    expect(first.locator(".lore summary")).to_have_text(summary + skipped)
+    expect(first.locator(".tool")).to_have_count(1)
+    expect(first.locator(".lore .lore-list.activated li")).to_have_count(count)
+    row = first.locator(f'.lore .lore-list.activated li[data-entry="{home["entry"]}"]')
+    expect(row).to_be_hidden()  # collapsed until opened
+    first.locator(".lore summary").click()
+    expect(row).to_be_visible()
+    expect(row).to_have_text(f"{home['name'] or 'entry ' + home['entry']} — key “home”")
     shot(page, "2-reply")
 
     # Stop mid-reply: the reply ends, marked cancelled, and keeps its partial text.
@@ -161,16 +193,27 @@ def test_browser_creates_a_persona_chats_stops_resumes_and_reloads(page):
     assert [(m["role"], m["status"]) for m in stored][4:] == [("user", "completed"), ("assistant", "completed")]
     assert third.locator(".text").text_content() == stored[5]["content"]
     assert len(stored[5]["content"].split()) == 60
+    # The resumed reply shows its lore once, neither lost nor repeated.
+    expect(third.locator(".tool")).to_have_count(1)
+    expect(third.locator(".lore")).to_have_count(1)
 
     # Reload: the whole history is back, with badges and the cancelled mark.
     texts = page.locator("#history li .text").all_text_contents()
     page.reload()
     expect(page.locator("#chat")).to_have_attribute("data-loaded", "true")
     assert page.locator("#history li .text").all_text_contents() == texts
-    roles = page.locator("#history li").evaluate_all("items => items.map(li => li.dataset.role)")
+    roles = page.locator("#history > li").evaluate_all("items => items.map(li => li.dataset.role)")
     assert roles == ["user", "assistant"] * 3
     expect(page.locator("#history li.assistant").nth(1).locator(".state")).to_have_text("cancelled")
     expect(page.locator("#history li.assistant .badge")).to_have_count(2)
+    # Each earlier reply shows its lore again, from the message's `lore`: the first one names the same entry.
+    expect(page.locator("#history li.assistant .lore")).to_have_count(3)
+    reloaded = page.locator("#history li.assistant").first
+    expect(reloaded.locator(".lore summary")).to_have_text(summary + skipped)
+    reloaded.locator(".lore summary").click()
+    expect(reloaded.locator(f'.lore-list.activated li[data-entry="{home["entry"]}"]')).to_have_text(
+        f"{home['name'] or 'entry ' + home['entry']} — key “home”"
+    )
     shot(page, "4-reloaded")
 
     # The gallery lists the persona and its chat.

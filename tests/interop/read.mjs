@@ -13,7 +13,19 @@ import { seedReadLoop } from "./seed-loop.mjs";
 const [client, url, body] = process.argv.slice(2);
 const auth = { Authorization: `Bearer ${process.env.MOONBORN_API_KEY}` };
 const TERMINAL = new Set(["pipeline.completed", "completed", "error"]);
-const TYPES = ["pipeline.started", "step.started", "step.completed", "pipeline.completed", "message.started", "token", "completed", "error"];
+// Every type the server sends: an EventSource dispatches a named event only to its own listeners.
+const TYPES = [
+  "pipeline.started",
+  "step.started",
+  "step.completed",
+  "pipeline.completed",
+  "message.started",
+  "tool_start",
+  "tool_end",
+  "token",
+  "completed",
+  "error",
+];
 
 function post() {
   return fetch(url, {

@@ -22,8 +22,66 @@ export type PersonaEvent =
   | Base<"pipeline.completed", { personaId: string; durationMs: number }>
   | Base<"error", StreamErrorData>;
 
+/**
+ * A tool call began. Today the tool is `lorebook` (args `{ turn }`), consulted between `message.started` and the
+ * first `token` when the persona has a lorebook; more tools will use the same two events.
+ */
+export interface ToolStartData {
+  callId: string;
+  tool: string;
+  args: Record<string, unknown>;
+}
+
+/**
+ * A tool call ended, with the same `callId` as its `tool_start`. For `lorebook`, `result` is a `LorebookResult`
+ * (`event.data.result as LorebookResult`).
+ */
+export interface ToolEndData {
+  callId: string;
+  tool: string;
+  status: "ok" | "error";
+  result: Record<string, unknown>;
+  durationMs: number;
+}
+
+/** Why a lorebook entry went into the prompt (`kind`), with the key, decorator or entry that did it. */
+export interface LoreActivation {
+  kind: "constant" | "key" | "secondary_key" | "recursion" | "decorator";
+  [detail: string]: unknown;
+}
+
+/** Why a candidate entry was left out (`kind`), with the budget, decorator, key or depth that did it. */
+export interface LoreSkip {
+  kind: "budget" | "decorator" | "scan_depth" | "secondary_keys" | "recursion_limit";
+  [detail: string]: unknown;
+}
+
+export interface LoreEntry<R> {
+  /** The entry's id in the book. */
+  entry: string;
+  name: string;
+  reason: R;
+}
+
+/** The `lorebook` tool's result: the entries inserted (in prompt order), the candidates skipped, their tokens. */
+export type LorebookResult = {
+  activated: Array<LoreEntry<LoreActivation>>;
+  skipped: Array<LoreEntry<LoreSkip>>;
+  tokens: number;
+};
+
+/**
+ * A reply's `lore` in the history: the lorebook's result and how many history messages the prompt's budget left
+ * out. The lorebook's fields are absent when no lorebook was consulted (only history was dropped).
+ */
+export interface MessageLore extends Partial<LorebookResult> {
+  historyDropped: number;
+}
+
 export type ChatEvent =
   | Base<"message.started", { messageId: string; userMessageId: string }>
+  | Base<"tool_start", ToolStartData>
+  | Base<"tool_end", ToolEndData>
   | Base<"token", { delta: string }>
   | Base<"completed", { messageId: string; driftScore: number | null; driftThreshold: number | null; drifted: boolean }>
   | Base<"error", StreamErrorData>;
@@ -70,6 +128,8 @@ export interface Message {
   drifted: boolean;
   /** null until the tier-1 worker has scored the reply (seconds after `completed`). */
   driftTier1: DriftTier1 | null;
+  /** null when the reply consulted no lorebook and dropped no history (and on user messages). */
+  lore: MessageLore | null;
   [key: string]: unknown;
 }
 

@@ -38,15 +38,17 @@ async function waitForStatus(sessionId, status) {
 }
 
 function assertReply(events, stored) {
+  // A generated persona has a lorebook: the reply consults it (one tool call) before its first token.
   assert.deepEqual(
     events.map((e) => e.type),
-    ["message.started", ...Array(events.length - 2).fill("token"), "completed"],
+    ["message.started", "tool_start", "tool_end", ...Array(events.length - 4).fill("token"), "completed"],
   );
   assert.deepEqual(
     events.map((e) => e.id),
     events.map((_, i) => i + 1),
   );
-  assert.equal(events.slice(1, -1).map((e) => e.data.delta).join(""), stored.content);
+  assert.equal(events[2].data.callId, events[1].data.callId);
+  assert.equal(events.slice(3, -1).map((e) => e.data.delta).join(""), stored.content);
   assert.equal(events[0].data.messageId, stored.id);
   assert.equal(events.at(-1).data.messageId, stored.id);
   assert.equal(events.at(-1).data.driftScore, stored.driftScore);
@@ -79,7 +81,16 @@ test("streamMessage yields tokens then completed, matching the stored reply", as
   const stored = await lastMessage(session.id);
   assert.equal(stored.status, "completed");
   assertReply(events, stored);
-  assert.equal(events.length, TOKENS + 2);
+  assert.equal(events.length, TOKENS + 4);
+  const [start, end] = [events[1].data, events[2].data];
+  assert.deepEqual(start, { callId: start.callId, tool: "lorebook", args: { turn: 1 } });
+  assert.match(start.callId, /^call_[0-9a-z]+$/);
+  assert.deepEqual([end.callId, end.tool, end.status], [start.callId, "lorebook", "ok"]);
+  assert.deepEqual(Object.keys(end).sort(), ["callId", "durationMs", "result", "status", "tool"]);
+  assert.ok(typeof end.durationMs === "number" && end.durationMs >= 0);
+  // The history keeps the lorebook's result (without the state the server keeps for the next turn).
+  assert.deepEqual(stored.lore, { ...end.result, historyDropped: 0 });
+  assert.equal((await client.chat.messages(session.id)).results[0].lore, null);
   assert.equal(stream.text, stored.content);
   assert.equal(stream.location, `/v1/chat/sessions/${session.id}/messages/${stored.id}`);
 });
@@ -117,13 +128,18 @@ test("aborting the signal cancels the reply on the server", async () => {
     (async () => {
       for await (const event of client.chat.streamMessage(session.id, "Talk for a while.", { signal: controller.signal })) {
         seen.push(event);
-        if (seen.length === 4) controller.abort();
+        // message.started, the lorebook's tool_start and tool_end, then three tokens.
+        if (seen.length === 6) controller.abort();
       }
     })(),
     (error) => error.name === "AbortError",
   );
   const stored = await waitForStatus(session.id, "cancelled");
-  const text = seen.slice(1).map((e) => e.data.delta).join("");
+  assert.deepEqual(
+    seen.slice(0, 3).map((e) => e.type),
+    ["message.started", "tool_start", "tool_end"],
+  );
+  const text = seen.slice(3).map((e) => e.data.delta).join("");
   assert.ok(stored.content.startsWith(text), `${stored.content} / ${text}`);
   assert.ok(stored.content.split(" ").length < TOKENS);
 });
@@ -134,11 +150,16 @@ test("cancel() ends the stream with a cancelled error event", async () => {
   const seen = [];
   for await (const event of stream) {
     seen.push(event);
-    if (seen.length === 3) await stream.cancel();
+    // message.started, the lorebook's tool_start and tool_end, then two tokens.
+    if (seen.length === 5) await stream.cancel();
   }
   assert.equal(seen.at(-1).type, "error");
   assert.equal(seen.at(-1).data.code, "cancelled");
-  assert.ok(seen.slice(1, -1).every((e) => e.type === "token"));
+  assert.deepEqual(
+    seen.slice(0, 3).map((e) => e.type),
+    ["message.started", "tool_start", "tool_end"],
+  );
+  assert.ok(seen.slice(3, -1).every((e) => e.type === "token"));
   const stored = await lastMessage(session.id);
   assert.equal(stored.status, "cancelled");
   assert.equal(stored.content, stream.text);
@@ -162,7 +183,7 @@ test("a connection cut mid-reply resumes with Last-Event-ID: nothing lost, nothi
   const stored = await lastMessage(session.id);
   assert.equal(stored.status, "completed");
   assertReply(events, stored);
-  assert.equal(events.length, TOKENS + 2);
+  assert.equal(events.length, TOKENS + 4);
 });
 
 test("a connection cut mid-generation resumes the persona stream", async () => {

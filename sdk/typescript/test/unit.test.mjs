@@ -72,6 +72,41 @@ for (const size of [1, 2, 7, BODY.length]) {
   });
 }
 
+test("the lorebook's tool events and an event type the SDK does not know come through; the stream reads on", async () => {
+  const lore = {
+    activated: [{ entry: "3", name: "The lamp", reason: { kind: "constant" } }],
+    skipped: [{ entry: "7", name: "Kraken", reason: { kind: "budget", tokens: 90, budget: 64, used: 40 } }],
+    tokens: 12,
+  };
+  const body = new TextEncoder().encode(
+    'id: 1\nevent: message.started\ndata: {"messageId":"msg_1","userMessageId":"msg_0"}\n\n' +
+      'id: 2\nevent: tool_start\ndata: {"callId":"call_1","tool":"lorebook","args":{"turn":1}}\n\n' +
+      `id: 3\nevent: tool_end\ndata: {"callId":"call_1","tool":"lorebook","status":"ok","result":${JSON.stringify(lore)},"durationMs":0.31}\n\n` +
+      'id: 4\nevent: memory.recalled\ndata: {"items":[1,2]}\n\n' +
+      'id: 5\nevent: token\ndata: {"delta":"Hello"}\n\n' +
+      'id: 6\nevent: completed\ndata: {"messageId":"msg_1","driftScore":0.1,"driftThreshold":0.5,"drifted":false}\n\n',
+  );
+  const { client } = scripted(() => sse(chunks(body, 5)));
+  const stream = client.chat.streamMessage("ses_1", "hi");
+  const events = await stream.all();
+  assert.deepEqual(
+    events.map((e) => [e.id, e.type]),
+    [
+      [1, "message.started"],
+      [2, "tool_start"],
+      [3, "tool_end"],
+      [4, "memory.recalled"],
+      [5, "token"],
+      [6, "completed"],
+    ],
+  );
+  assert.deepEqual(events[1].data, { callId: "call_1", tool: "lorebook", args: { turn: 1 } });
+  assert.deepEqual(events[2].data, { callId: "call_1", tool: "lorebook", status: "ok", result: lore, durationMs: 0.31 });
+  assert.deepEqual(events[3].data, { items: [1, 2] });
+  assert.equal(stream.text, "Hello");
+  assert.equal(stream.done, true);
+});
+
 test("a blank line ended by a CR at the very end of the body still dispatches its event", async () => {
   const body = new TextEncoder().encode('id: 1\revent: completed\rdata: {"messageId":"msg_1","drifted":false}\r\r');
   const { client } = scripted(() => sse([body]));

@@ -25,6 +25,8 @@ from .events import (
     StepCompleted,
     StepStarted,
     Token,
+    ToolEnd,
+    ToolStart,
     UnknownEvent,
 )
 
@@ -53,5 +55,7 @@ __all__ = [
     "StepCompleted",
     "StepStarted",
     "Token",
+    "ToolEnd",
+    "ToolStart",
     "UnknownEvent",
 ]

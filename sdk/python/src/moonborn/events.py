@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 from ._sse import RawEvent
 
@@ -53,6 +53,30 @@ class Token(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ToolStart(Event):
+    """A tool call began: today the `lorebook`, consulted between `MessageStarted` and the first `Token`.
+
+    `tool` names the tool and `args` are its arguments (the lorebook's: `{"turn": n}`); more tools will use the same
+    event. The matching `ToolEnd` has the same `call_id`.
+    """
+
+    call_id: str
+    tool: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolEnd(Event):
+    """A tool call ended. `result` is the tool's own (the lorebook's: `activated`, `skipped`, `tokens`)."""
+
+    call_id: str
+    tool: str
+    status: Literal["ok", "error"]
+    result: dict[str, Any]
+    duration_ms: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class Completed(Event):
     message_id: str
     drift_score: float | None
@@ -71,7 +95,8 @@ class ErrorEvent(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class UnknownEvent(Event):
-    """An event type this client version does not know; kept so nothing is dropped."""
+    """An event type this client version does not know (a newer server may add some): kept, with its `type` and
+    `data`, so nothing is dropped and nothing fails. It never ends a stream."""
 
 
 def parse_event(raw: RawEvent) -> Event:
@@ -91,6 +116,17 @@ def parse_event(raw: RawEvent) -> Event:
         return MessageStarted(**base, message_id=data["messageId"], user_message_id=data["userMessageId"])
     if kind == "token":
         return Token(**base, delta=data["delta"])
+    if kind == "tool_start":
+        return ToolStart(**base, call_id=data["callId"], tool=data["tool"], args=dict(data.get("args") or {}))
+    if kind == "tool_end":
+        return ToolEnd(
+            **base,
+            call_id=data["callId"],
+            tool=data["tool"],
+            status=cast(Literal["ok", "error"], data["status"]),
+            result=dict(data.get("result") or {}),
+            duration_ms=float(data["durationMs"]),
+        )
     if kind == "completed":
         return Completed(
             **base,
