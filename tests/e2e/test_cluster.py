@@ -124,7 +124,7 @@ def test_idempotent_retries_create_one_persona_and_one_reply_across_workers(clus
             "POST", url, json={"content": "Tell me"}, headers={**key, "Last-Event-ID": str(seen[-1].id)}
         ) as retry:
             rest = parse_wire(retry.read())[0]
-        assert [e.id for e in seen + rest] == list(range(1, 153))
+        assert [e.id for e in seen + rest] == list(range(1, 155))  # started, the lorebook pair, 150 tokens, completed
         assert rest[-1].event == "completed"
         assert rest[-1].data["messageId"] == seen[0].data["messageId"]
         messages = stored_messages(a, cluster, session)
@@ -285,7 +285,7 @@ def test_sigterm_releases_streams_and_the_client_resumes_on_the_other_worker(clu
     ):
         rest = parse_wire(resumed.read())[0]
     events = first[:-1] + rest
-    assert [e.id for e in events] == list(range(1, 153))
+    assert [e.id for e in events] == list(range(1, 155))  # started, the lorebook pair, 150 tokens, completed
     assert events[-1].event == "completed"
     stored = stored_messages(b, cluster, session_id)[-1]
     assert stored["status"] == "completed"

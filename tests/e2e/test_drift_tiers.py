@@ -77,7 +77,9 @@ def test_a_persona_answered_in_prose_carries_what_the_model_wrote_and_drift_hold
     # Six steps, then the calibration turns, each asked of the model once, in character.
     chat_calls = [c for c in fake.calls if step_of(c.body) is None]
     assert sorted(last_user_message(c.body) for c in chat_calls) == sorted(CALIBRATION_TURNS)
-    assert all(c.body["messages"][0]["content"] == persona["systemPrompt"] for c in chat_calls)
+    # The calibration replies are asked with the prompt a chat reply gets: the system prompt, then the card's fields.
+    assert all(c.body["messages"][0]["content"].startswith(persona["systemPrompt"]) for c in chat_calls)
+    assert all(card["description"] in c.body["messages"][0]["content"] for c in chat_calls)
 
     session = make_session(server, persona["id"])
     flagged = {"in voice": 0, "generic": 0}
