@@ -381,7 +381,7 @@ class _TurnSql:
         # sqlite3 lets go of the GIL for every row it steps (and every statement it prepares, and every statement),
         # and the worker thread must then win it back from the event loop: while the loop is busy, that takes up to
         # a switch interval (5 ms) each time. A batch of 256 turns took 120-220 ms that way while a thousand streams
-        # started, against 17 ms alone (bench/RESULTS.md, fifth and sixth sessions). A database server sends the
+        # started, against 17 ms alone (bench/sqlite_gil.py). A database server sends the
         # rows at once, so there they stay rows, and its statements stay apart (see _read_turns).
         self.one_row = connection.vendor == "sqlite"
 

@@ -72,7 +72,7 @@ class TurnWriter:
 
         The thread goes on to the next batch while the loop resumes the last one's requests. When a thousand
         requests arrive at once, the loop is slow to take a result and send the next batch out (up to ~50 ms each
-        time, bench/RESULTS.md, fifth session), and every request waiting had been waiting on that too.
+        time), and every request waiting had been waiting on that too.
         """
         for _ in range(DRAIN_BATCHES):  # then other database work queued meanwhile gets its turn
             batch: list[Waiting] = []

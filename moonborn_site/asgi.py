@@ -89,5 +89,5 @@ gc.freeze()
 # walked ~50,000 objects in 9-31 ms, once as the streams started and once as they ended, and that pause alone made
 # ~1 % of the tokens late; at 2,000 the longest pause of such a round was ~5 ms. The middle generation keeps its
 # old pace (every 2.5 million net allocations), but it comes sooner in time: with 10,000 streams held open, one
-# collection of it took ~0.9 s (bench/RESULTS.md, "fourth session").
+# collection of it took ~0.9 s.
 gc.set_threshold(2_000, 1_250, 1000)

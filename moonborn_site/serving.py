@@ -3,7 +3,7 @@
 libuv accepts one connection per turn of the loop (since libuv#3696, which uvloop 0.23 bundles), and a turn of a
 loop serving hundreds of streams takes milliseconds. A burst of clients then waits in the kernel's accept queue:
 of 1,000 streams opened at once, a third reached Moonborn 0.9-3 s late while every client had connected within
-25 ms (bench/RESULTS.md, sixth session). Here a readable listening socket gives up to ACCEPT_BURST connections per
+25 ms (bench/RESULTS.md). Here a readable listening socket gives up to ACCEPT_BURST connections per
 turn, as asyncio's own loop does (it takes up to the backlog). Bounded, so that one of several workers sharing a
 socket does not take a whole burst while its loop is busy. Everything else is uvloop's.
 
