@@ -11,7 +11,7 @@ from accounts.auth import user_for_key
 from accounts.keys import hash_key
 from llm.base import Provider
 from llm.providers import get_provider
-from moonborn_site.api import error_response, json_response
+from moonborn_site.api import json_response
 from moonborn_site.http import (
     ApiError,
     async_api_view,
@@ -177,10 +177,7 @@ async def _start_fast(scope: Scope, receive: Receive, send: Send, session_id: st
             hub, message_id, owner_id=owner_id, flow=generate_reply(job, provider), on_disconnect=policy, slot=slot
         )
     except ApiError as exc:  # the hub could not take the run (its rows are failed now): answer, nothing to retry
-        error = error_response(exc.status, exc.message, code=exc.code)
-        for name, value in exc.headers.items():
-            error[name] = value
-        await send_response(request, error, send)
+        await send_response(request, exc.response(), send)
         return None
     return SseStream(hub, message_id, policy, sse_asgi_headers(request, location=_location(session_id, message_id)))
 

@@ -14,6 +14,7 @@ from django.conf import settings
 
 from personas.cards import MAX_CARD_FILE_BYTES
 
+from .api import error_body
 from .middleware import API_PREFIX
 
 Scope = dict[str, Any]
@@ -44,7 +45,7 @@ async def refuse(scope: Scope, send: Any, cap: int) -> None:
     """413, in the API's JSON error body under /v1/, plain text elsewhere; the connection closes after it."""
     message = f"The request body is larger than {cap} bytes."
     if scope["path"].startswith(API_PREFIX):
-        body = json.dumps({"error": {"code": "payload_too_large", "message": message, "details": {}}}).encode()
+        body = json.dumps(error_body("payload_too_large", message)).encode()
         content_type = b"application/json"
     else:
         body, content_type = message.encode(), b"text/plain; charset=utf-8"

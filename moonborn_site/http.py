@@ -36,6 +36,13 @@ class ApiError(Exception):
         self.details = details
         self.headers: dict[str, str] = {}
 
+    def response(self) -> HttpResponseBase:
+        """The JSON error response this error answers with, its headers (`Retry-After`, …) included."""
+        response = error_response(self.status, self.message, code=self.code, details=self.details)
+        for name, value in self.headers.items():
+            response[name] = value
+        return response
+
 
 def read_json_object(request: HttpRequest) -> dict[str, Any]:
     """Parse the body as a JSON object with snake_case keys; 400 or 413 otherwise."""
@@ -171,10 +178,7 @@ def async_api_view(view: AsyncApiView[P]) -> Callable[Concatenate[HttpRequest, P
         try:
             return await view(request, user, *args, **kwargs)
         except ApiError as exc:
-            response = error_response(exc.status, exc.message, code=exc.code, details=exc.details)
-            for name, value in exc.headers.items():
-                response[name] = value
-            return response
+            return exc.response()
 
     # Session requests are CSRF-checked inside authenticate(); API-key requests need no CSRF.
     return csrf_exempt(wrapper)

@@ -19,11 +19,11 @@ from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from .api import error_response
+from .middleware import API_PREFIX
 
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60
-API_PREFIX = "/v1/"
 # Where a password is tried. Both are Django's LoginView (the admin's is a subclass).
 LOGIN_PATHS = ("/accounts/login/", "/admin/login/")
 # An address may fail this many times the per-account number: several people may sign in from one address.

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseBase
 from rest_framework import status
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import BaseParser
@@ -92,7 +92,7 @@ class PersonaImportView(APIView):
 
     parser_classes = [RawParser]
 
-    def post(self, request: Request) -> HttpResponse | Response:
+    def post(self, request: Request) -> HttpResponseBase | Response:
         django_request = request._request
         try:
             declared = int(django_request.headers.get("Content-Length") or 0)
@@ -118,10 +118,7 @@ class PersonaImportView(APIView):
         try:
             slot = async_to_sync(reserve_slot)(hub, owner)
         except ApiError as exc:
-            refused = error_response(exc.status, exc.message, code=exc.code)
-            for name, value in exc.headers.items():
-                refused[name] = value
-            return refused
+            return exc.response()
         try:
             card = parse_card_bytes(body)
             prepared = card_import_prepare(card=card)
