@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 __all__ = [
@@ -248,12 +248,13 @@ class Book:
     recursive_scanning: bool
     # (entry id, key) of regex keys that never match: they do not compile, or they nest quantifiers.
     invalid_keys: tuple[tuple[str, str], ...]
+    # Whether an entry remembers earlier turns (`@@keep_activate_after_match`, `@@dont_activate_after_match`): only
+    # then does a reply need the state the last one left. Set once, as every reply asks.
+    stateful: bool = field(init=False)
 
-    @property
-    def stateful(self) -> bool:
-        """Whether an entry remembers earlier turns (`@@keep_activate_after_match`, `@@dont_activate_after_match`):
-        only then does a reply need the state the last one left."""
-        return any(entry.keep_activate_after_match or entry.dont_activate_after_match for entry in self.entries)
+    def __post_init__(self) -> None:
+        stateful = any(entry.keep_activate_after_match or entry.dont_activate_after_match for entry in self.entries)
+        object.__setattr__(self, "stateful", stateful)
 
 
 @dataclass(frozen=True)

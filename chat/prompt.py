@@ -7,6 +7,7 @@ system message. The history, the new user message, lore placed at a depth inside
 post-history instructions follow as messages of their own.
 """
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -120,9 +121,14 @@ def _sorted_lore(lore: Sequence[LoreInsert], position: str) -> list[LoreInsert]:
     return sorted((insert for insert in lore if insert.position == position), key=lambda i: i.insertion_order)
 
 
-def system_text(character: Character, lore: Sequence[LoreInsert] = (), *, user_name: str = "User") -> str:
-    """The one system message: SillyTavern's default story string, then the example dialogue; empty parts left out,
-    the others separated by blank lines."""
+@functools.lru_cache(maxsize=256)
+def _character_parts(character: Character, user_name: str) -> tuple[str, str, str, str, str]:
+    """The card's own parts of the system message, macros expanded: (main instruction, description, personality
+    line, scenario line, example dialogue block), each possibly empty.
+
+    The same for every reply of one persona and user name, and the larger part of assembling a prompt: kept for the
+    most recent characters (a `Character` is immutable, so a cached value cannot go stale).
+    """
 
     def expand(text: str, original: str = "") -> str:
         return expand_macros(text, char=character.name, user=user_name, original=original).strip()
@@ -132,13 +138,11 @@ def system_text(character: Character, lore: Sequence[LoreInsert] = (), *, user_n
     scenario = expand(character.scenario)
     # Split before expanding, so that a name cannot add or remove a `<START>`.
     examples = expand(example_dialogue(character.mes_example))
-    parts = (
+    return (
         main,
-        "\n".join(filter(None, (expand(insert.content) for insert in _sorted_lore(lore, "before_char")))),
         expand(character.description),
         f"{character.name}'s personality: {personality}" if personality else "",
         f"Scenario: {scenario}" if scenario else "",
-        "\n".join(filter(None, (expand(insert.content) for insert in _sorted_lore(lore, "after_char")))),
         (
             f"Example dialogue, showing how {character.name} speaks (these exchanges are examples, not part of this "
             f"conversation):\n{examples}"
@@ -146,6 +150,22 @@ def system_text(character: Character, lore: Sequence[LoreInsert] = (), *, user_n
             else ""
         ),
     )
+
+
+def system_text(character: Character, lore: Sequence[LoreInsert] = (), *, user_name: str = "User") -> str:
+    """The one system message: SillyTavern's default story string, then the example dialogue; empty parts left out,
+    the others separated by blank lines."""
+    main, description, personality, scenario, examples = _character_parts(character, user_name)
+
+    def lore_at(position: str) -> str:
+        inserts = _sorted_lore(lore, position)
+        if not inserts:
+            return ""
+        return "\n".join(
+            filter(None, (expand_macros(i.content, char=character.name, user=user_name).strip() for i in inserts))
+        )
+
+    parts = (main, lore_at("before_char"), description, personality, scenario, lore_at("after_char"), examples)
     return "\n\n".join(part for part in parts if part)
 
 

@@ -9,7 +9,6 @@ from typing import Any
 from django.conf import settings
 
 from llm.base import CompletionRequest, Provider, ProviderError, Usage
-from moonborn_site.ids import new_id
 from runs.db import db
 from runs.events import Event
 
@@ -57,7 +56,8 @@ def lore_record(result: LoreResult | None, prompt: Prompt) -> dict[str, Any]:
 async def consult_lorebook(job: ReplyJob, book: Book) -> AsyncIterator[Event | LoreResult]:
     """The `lorebook` tool: `tool_start`, the activation (pure, well under a millisecond), `tool_end`, then the
     result itself for the flow to build its prompt from."""
-    call_id = new_id("call")
+    # One lorebook call per reply: the reply's own id names it, unique without drawing another.
+    call_id = "call_" + job.assistant_message_id.partition("_")[2]
     yield Event("tool_start", {"callId": call_id, "tool": "lorebook", "args": {"turn": job.turn + 1}})
     started = time.perf_counter()
     # A book whose decorators remember earlier turns needs the state the last reply left (one read, before the
