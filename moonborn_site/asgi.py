@@ -13,15 +13,17 @@ get_asgi_application()
 
 
 def _check_settings() -> None:
-    """Refuse to start without a real secret key in production, with provider settings that cannot work, or without
-    a tier-0 drift table and the weights to build one: one sentence, no traceback."""
+    """Refuse to start without a real secret key in production, with provider settings that cannot work, without the
+    weights of the configured local embedder, or without a tier-0 drift table and the weights to build one: one
+    sentence, no traceback."""
     from django.conf import settings
 
     from accounts.checks import secret_key_error
+    from llm.checks import weights_error
     from llm.providers import configuration_error
     from llm.static_embeddings import table_error
 
-    error = secret_key_error() or configuration_error() or table_error(settings.MOONBORN_CACHE_DIR)
+    error = secret_key_error() or configuration_error() or weights_error() or table_error(settings.MOONBORN_CACHE_DIR)
     if error is not None:
         sys.stderr.write(f"Moonborn cannot start: {error}\n")
         raise SystemExit(1)

@@ -39,7 +39,9 @@ SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
 X_FRAME_OPTIONS = "DENY"
 
 INSTALLED_APPS = [
-    # First, so `manage.py runserver` serves ASGI (and therefore streams).
+    # First, so that its `manage.py runserver` (daphne's, refusing to start on a check error) is the one that runs.
+    "moonborn_site",
+    # Before staticfiles, so that `manage.py runserver` serves ASGI (and therefore streams).
     "daphne",
     "django.contrib.admin",
     "django.contrib.auth",

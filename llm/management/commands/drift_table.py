@@ -3,6 +3,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from llm.checks import weights_error
 from llm.embeddings import MiniLMEmbedder
 from llm.static_embeddings import ensure_table
 
@@ -16,6 +17,10 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
 
     def handle(self, *args: Any, **options: Any) -> None:
+        error = weights_error()
+        if error is not None:
+            # Tier 1's generic-assistant texts are embedded with those weights below, and the table is built from them.
+            raise CommandError(error)
         try:
             path = ensure_table(settings.MOONBORN_CACHE_DIR)
         except LookupError as exc:
