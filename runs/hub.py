@@ -142,15 +142,16 @@ class _Pusher:
         self.sleeping = sleeping
         self.heartbeat_seconds = heartbeat_seconds
 
-    def push(self, frame: bytes, event_id: int, last: bool) -> bool:
-        """Write event `event_id` (the next one for this follower); False once the follower must take over."""
+    def push(self, frames: bytes, first: int, event_id: int, last: bool) -> bool:
+        """Write events `first`…`event_id` (the next ones for this follower); False once the follower must take
+        over."""
         waiter = self.waiter
         if waiter is None or waiter.done():
             return False  # not waiting, or already woken: it catches up by itself
-        if self.position != event_id - 1:
+        if self.position != first - 1:
             waiter.set_result(False)
             return False
-        coro = self.start_write(frame)
+        coro = self.start_write(frames)
         self.position = event_id
         try:
             suspended_on = coro.send(None)
@@ -189,6 +190,8 @@ class _Run:
     pushers: list[_Pusher] = field(default_factory=list)
     # Called once, when the terminal event is appended (the hub's count of its owner's active runs).
     on_done: Callable[["_Run"], None] | None = None
+    # While not None: the events after this id are logged but not yet handed to the followers (`release`).
+    held: int | None = None
 
     @property
     def count(self) -> int:
@@ -219,15 +222,34 @@ class _Run:
             self.terminal = terminal
             if self.on_done is not None:
                 self.on_done(self)
+        if self.held is None:
+            event_id = len(self.ends)
+            self._hand_over(frame, event_id, event_id)
+
+    def hold(self) -> None:
+        """Log the events from now on without handing them to the followers, until `release`."""
+        if self.held is None:
+            self.held = len(self.ends)
+
+    def release(self) -> None:
+        """Hand the events logged since `hold` to the followers in one piece: one write for a caught-up client."""
+        held, self.held = self.held, None
+        if held is None or held == len(self.ends):
+            return
+        start = self.ends[held - 1] if held else 0
+        self._hand_over(bytes(self.log[start:]), held + 1, len(self.ends))
+
+    def _hand_over(self, frames: bytes, first: int, event_id: int) -> None:
+        """Events `first`…`event_id` (their frames, joined) to the pushers; wake the waiting followers."""
         pushers = self.pushers
         if pushers:
-            event_id, last = len(self.ends), self.done
+            last = self.done
             if len(pushers) == 1:
                 # The usual case (one client per stream): no list made per event.
-                if not pushers[0].push(frame, event_id, last):
+                if not pushers[0].push(frames, first, event_id, last):
                     self.pushers = []
             else:
-                self.pushers = [pusher for pusher in pushers if pusher.push(frame, event_id, last)]
+                self.pushers = [pusher for pusher in pushers if pusher.push(frames, first, event_id, last)]
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -323,9 +345,12 @@ class InProcessHub:
         self._active[owner_id] = self._active.get(owner_id, 0) + 1
         # A fresh context: the task must not inherit the request's (asgiref's per-request thread
         # executor among it), since it outlives the request.
-        run.task = asyncio.get_running_loop().create_task(
-            self._drive(run, flow), name=f"run:{run_id}", context=contextvars.Context()
-        )
+        loop = asyncio.get_running_loop()
+        run.task = loop.create_task(self._drive(run, flow), name=f"run:{run_id}", context=contextvars.Context())
+        # What the flow publishes in its first step (a reply's `message.started`, its lorebook call) reaches a
+        # client in one write: the release is the next callback after that step, as callbacks run in order.
+        run.hold()
+        loop.call_soon(run.release)
         return run
 
     async def _drive(self, run: _Run, flow: AsyncIterator[Event]) -> None:
