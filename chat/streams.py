@@ -6,6 +6,7 @@ from collections import OrderedDict
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from drf_spectacular.utils import OpenApiResponse
 
 from accounts.auth import user_for_key
 from accounts.keys import hash_key
@@ -23,6 +24,15 @@ from moonborn_site.http import (
     stream_wanted,
     validate,
     wants_stream,
+)
+from moonborn_site.openapi import (
+    IDEMPOTENCY_KEY,
+    LAST_EVENT_ID,
+    LAST_EVENT_ID_QUERY,
+    LOCATION,
+    STREAM,
+    async_operation,
+    on_disconnect_parameter,
 )
 from moonborn_site.throttle import api_refusal, caller, throttled
 from runs.asgi import (
@@ -47,7 +57,7 @@ from runs.streaming import cancel_owned, give_back, reserve_slot, resumable, ser
 from . import services
 from .models import ChatSession, Message
 from .replies import generate_reply
-from .serializers import MessageCreateSerializer, plain_message_content
+from .serializers import CHAT_EVENTS, MessageCreateSerializer, MessageSerializer, ReplySerializer, plain_message_content
 from .turns import get_turn_writer
 from .views import message_json, reply_json
 
@@ -63,6 +73,36 @@ async def _owned_message(owner_id: int, session_id: str, message_id: str) -> dic
         raise ApiError(404, f"No message {message_id} in chat session {session_id}.") from None
 
 
+# 204 from a resume: nothing is left to follow.
+NOTHING_TO_FOLLOW = OpenApiResponse(
+    description="The client has seen the reply's terminal event, or the reply ended longer ago than events are kept: "
+    "stop reconnecting (the result is in `GET …/messages/{message_id}`)."
+)
+
+
+@async_operation(
+    request=MessageCreateSerializer,
+    responses={
+        201: OpenApiResponse(ReplySerializer, description="Without streaming: the finished reply."),
+        204: NOTHING_TO_FOLLOW,
+    },
+    events=CHAT_EVENTS,
+    parameters=[
+        STREAM,
+        on_disconnect_parameter(OnDisconnect.CANCEL),
+        IDEMPOTENCY_KEY,
+        LAST_EVENT_ID,
+        LOCATION,
+    ],
+    errors={
+        409: "The persona is not `ready` (`conflict`), the Idempotency-Key was used with a different body "
+        "(`idempotency_conflict`) or its first request is still being processed (`conflict`); without streaming, "
+        "the reply was cancelled (`cancelled`).",
+        502: "Without streaming: the model provider failed (`provider_error`).",
+        503: "The server is shutting down or could not start the run (`server_shutdown`, `service_unavailable`).",
+        504: "Without streaming: the model provider timed out (`provider_timeout`).",
+    },
+)
 @async_api_view
 async def message_create(request: HttpRequest, user: AbstractBaseUser, session_id: str) -> HttpResponseBase:
     """`POST /v1/chat/sessions/{id}/messages`: store the message and stream (or return) the reply."""
@@ -247,6 +287,11 @@ async def _serve(
     )
 
 
+@async_operation(
+    responses={204: NOTHING_TO_FOLLOW},
+    events=CHAT_EVENTS,
+    parameters=[LAST_EVENT_ID, LAST_EVENT_ID_QUERY, on_disconnect_parameter(None), LOCATION],
+)
 @async_api_view
 async def message_events(
     request: HttpRequest, user: AbstractBaseUser, session_id: str, message_id: str
@@ -263,6 +308,9 @@ async def message_events(
     )
 
 
+@async_operation(
+    responses={200: OpenApiResponse(MessageSerializer, description="The reply as it now is, with what it produced.")}
+)
 @async_api_view
 async def message_cancel(
     request: HttpRequest, user: AbstractBaseUser, session_id: str, message_id: str
@@ -273,6 +321,7 @@ async def message_cancel(
     return json_response(await _owned_message(user.pk, session_id, message_id))
 
 
+@async_operation(responses={204: OpenApiResponse(description="Deleted, with its messages.")})
 @async_api_view
 async def session_delete(request: HttpRequest, user: AbstractBaseUser, session_id: str) -> HttpResponseBase:
     """`DELETE /v1/chat/sessions/{id}`: stop a reply in progress, then delete the session."""

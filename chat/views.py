@@ -3,12 +3,14 @@
 from typing import Any
 
 from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, status
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from moonborn_site.api import Conflict, InOrderCursorPagination, owner_id
+from moonborn_site.openapi import LOCATION, error
 from personas.models import Persona
 
 from . import services
@@ -16,6 +18,17 @@ from .models import ChatSession, Message
 from .serializers import ChatSessionSerializer, MessageSerializer, SessionCreateSerializer
 
 
+@extend_schema_view(
+    post=extend_schema(
+        request=SessionCreateSerializer,
+        responses={
+            201: ChatSessionSerializer,
+            404: error("No persona of the caller's has this `personaId` (`not_found`)."),
+            409: error("The persona is not `ready` (`conflict`)."),
+        },
+        parameters=[LOCATION],
+    )
+)
 class SessionList(generics.ListCreateAPIView):
     """`GET /v1/chat/sessions` (newest first) and `POST` to open one with a ready persona."""
 

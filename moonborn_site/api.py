@@ -101,6 +101,21 @@ class NewestFirstCursorPagination(CursorPagination):
     ordering = "-created_at"
     page_size_query_param = "limit"
     max_page_size = 200
+    cursor_query_description = "Where the page starts: the `cursor` of a `next` or `previous` link."
+    page_size_query_description = f"Results per page (at most {max_page_size})."
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """The page's OpenAPI 3.1 schema: DRF's own is OpenAPI 3.0's (`nullable`) and has an example of another API."""
+        link = {"type": ["string", "null"], "format": "uri"}
+        return {
+            "type": "object",
+            "properties": {
+                "next": {**link, "description": "The next page; null on the last."},
+                "previous": {**link, "description": "The previous page; null on the first."},
+                "results": schema,
+            },
+            "required": ["next", "previous", "results"],
+        }
 
 
 class InOrderCursorPagination(NewestFirstCursorPagination):

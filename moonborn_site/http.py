@@ -150,7 +150,8 @@ def disconnect_policy(value: str | None, default: OnDisconnect | None) -> OnDisc
 
 # ASCII digits only, as many as the largest id (a signed 64-bit integer) has: `str.isdigit()` also takes "²" and
 # other digits that `int()` refuses or reads, and `int()` refuses more than 4,300 digits; either was a 500.
-_EVENT_ID = re.compile(r"[0-9]{1,19}").fullmatch
+EVENT_ID_PATTERN = r"[0-9]{1,19}"
+_EVENT_ID = re.compile(EVENT_ID_PATTERN).fullmatch
 MAX_EVENT_ID = 2**63 - 1
 
 

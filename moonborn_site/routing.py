@@ -1,7 +1,8 @@
 """Route one URL's methods to sync DRF views and async SSE views (Django forbids mixing them in a class)."""
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Protocol, cast
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponseBase
@@ -10,7 +11,15 @@ from django.views.decorators.csrf import csrf_exempt
 from .api import error_response
 
 
-def by_method(**views: Callable[..., Any]) -> Callable[..., Any]:
+class MethodDispatcher(Protocol):
+    """The view `by_method` returns; `handlers` (method → view) is what the OpenAPI schema is generated from."""
+
+    handlers: Mapping[str, Callable[..., Any]]
+
+    async def __call__(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase: ...
+
+
+def by_method(**views: Callable[..., Any]) -> MethodDispatcher:
     """An async view dispatching on the HTTP method; 405 with `Allow` for the others."""
     handlers = {method.upper(): view for method, view in views.items()}
     allowed = ", ".join(sorted(handlers))
@@ -26,4 +35,6 @@ def by_method(**views: Callable[..., Any]) -> Callable[..., Any]:
         return await sync_to_async(view)(request, *args, **kwargs)
 
     # Each handler does its own CSRF check (DRF's SessionAuthentication, or async_api_view).
-    return csrf_exempt(dispatch)
+    dispatcher = cast(MethodDispatcher, csrf_exempt(dispatch))
+    dispatcher.handlers = MappingProxyType(handlers)
+    return dispatcher

@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "accounts",
     "runs",
     "llm",
@@ -164,6 +166,35 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "moonborn_site.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
+}
+
+# The OpenAPI schema of /v1/ (moonborn_site.schema), served at /v1/openapi.json with Swagger UI at /v1/docs and Redoc
+# at /v1/redoc, whose files come from drf-spectacular-sidecar (no CDN).
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "moonborn_site.schema.AutoSchema"
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Moonborn API",
+    "VERSION": "1",
+    "OAS_VERSION": "3.1.0",
+    "DEFAULT_GENERATOR_CLASS": "moonborn_site.schema.SchemaGenerator",
+    "SCHEMA_PATH_PREFIX": "/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Public: the schema and its pages are the same for everyone, and need no credentials to read.
+    "SERVE_AUTHENTICATION": [],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        # The wire is camelCase (djangorestframework-camel-case's renderer): so are the schema's properties.
+        "drf_spectacular.contrib.djangorestframework_camel_case.camelize_serializer_fields",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "PersonaStatusEnum": "personas.models.Persona.Status",
+        "MessageStatusEnum": "chat.models.Message.Status",
+        "RunStatusEnum": "accounts.models.UsageRecord.Status",
+        "RunKindEnum": "accounts.models.UsageRecord.Kind",
+        "StreamErrorCodeEnum": "moonborn_site.openapi.STREAM_ERROR_CODES",
+    },
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
@@ -10,6 +11,7 @@ from personas import streams as persona_streams
 from personas import views as persona_views
 from runs.health import health
 
+from . import docs
 from .routing import by_method
 
 api = [
@@ -60,5 +62,10 @@ urlpatterns = [
         auth_views.PasswordChangeDoneView.as_view(),
         name="password_change_done",
     ),
+    # The API's own documentation (moonborn_site.docs): public, and not part of the API it describes.
+    path("v1/openapi.json", docs.schema_view, name=docs.SCHEMA_URL_NAME),
+    path("v1/docs", docs.swagger_view, name="openapi-swagger-ui"),
+    path("v1/redoc", docs.redoc_view, name="openapi-redoc"),
+    path(f"{settings.STATIC_URL.strip('/')}/drf_spectacular_sidecar/<path:name>", docs.sidecar_asset),
     path("v1/", include(api)),
 ]

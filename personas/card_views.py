@@ -7,6 +7,8 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.http import HttpResponse, HttpResponseBase
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import BaseParser
@@ -17,6 +19,7 @@ from rest_framework.views import APIView
 
 from moonborn_site.api import error_response, owner_id
 from moonborn_site.http import ApiError
+from moonborn_site.openapi import LOCATION, error
 from runs.hub import get_hub
 from runs.streaming import give_back, reserve_slot
 
@@ -31,6 +34,7 @@ from .cards import (
     png_with_card,
 )
 from .models import Persona
+from .serializers import PersonaSerializer
 from .views import persona_json
 
 FORMATS = ("json", "v2", "png")
@@ -65,6 +69,25 @@ class PersonaCardView(APIView):
 
     content_negotiation_class = IgnoreFormatNegotiation
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "format",
+                str,
+                OpenApiParameter.QUERY,
+                enum=list(FORMATS),
+                default=FORMATS[0],
+                description="`json`: Character Card V3; `v2`: Character Card V2; `png`: a PNG with the card in it.",
+            )
+        ],
+        responses={
+            (200, "application/json"): OpenApiResponse(
+                OpenApiTypes.OBJECT, description="The card, as an attachment (`Content-Disposition`)."
+            ),
+            (200, "image/png"): OpenApiTypes.BINARY,
+            409: error("The persona is not `ready` (`conflict`)."),
+        },
+    )
     def get(self, request: Request, persona_id: str) -> HttpResponse:
         fmt = request.query_params.get("format", "json")
         if fmt not in FORMATS:
@@ -92,6 +115,19 @@ class PersonaImportView(APIView):
 
     parser_classes = [RawParser]
 
+    @extend_schema(
+        request={"application/json": OpenApiTypes.OBJECT, "image/png": OpenApiTypes.BINARY},
+        responses={
+            201: OpenApiResponse(PersonaSerializer, description="The imported persona."),
+            400: error("Not a character card (`invalid_card`), or a part of it too large (`card_too_large`)."),
+            413: error(
+                f"The card is larger than {MAX_CARD_FILE_BYTES} bytes, or {MAX_CARD_JSON_BYTES} as JSON "
+                "(`payload_too_large`)."
+            ),
+            503: error("The server is shutting down (`server_shutdown`)."),
+        },
+        parameters=[LOCATION],
+    )
     def post(self, request: Request) -> HttpResponseBase | Response:
         django_request = request._request
         try:

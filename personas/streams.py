@@ -2,6 +2,7 @@
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from drf_spectacular.utils import OpenApiResponse
 
 from llm.providers import get_provider
 from moonborn_site.api import json_response
@@ -14,6 +15,15 @@ from moonborn_site.http import (
     validate,
     wants_stream,
 )
+from moonborn_site.openapi import (
+    IDEMPOTENCY_KEY,
+    LAST_EVENT_ID,
+    LAST_EVENT_ID_QUERY,
+    LOCATION,
+    STREAM,
+    async_operation,
+    on_disconnect_parameter,
+)
 from runs.db import db
 from runs.hub import InProcessHub, OnDisconnect, get_hub
 from runs.idempotency import claim_or_replay
@@ -23,7 +33,7 @@ from runs.streaming import cancel_owned, give_back, reserve_slot, resumable, ser
 from . import services
 from .models import Persona
 from .pipeline import PipelineInput, generate_persona
-from .serializers import PersonaCreateSerializer
+from .serializers import PERSONA_EVENTS, PersonaCreateSerializer, PersonaSerializer
 from .views import persona_json
 
 
@@ -38,6 +48,35 @@ async def _owned_persona_json(owner_id: int, persona_id: str) -> dict[str, objec
         raise ApiError(404, f"No persona {persona_id}.") from None
 
 
+# 204 from a resume: nothing is left to follow.
+NOTHING_TO_FOLLOW = OpenApiResponse(
+    description="The client has seen the run's terminal event, or the run ended longer ago than events are kept: "
+    "stop reconnecting (the result is in `GET /v1/personas/{persona_id}`)."
+)
+
+
+@async_operation(
+    request=PersonaCreateSerializer,
+    responses={
+        201: OpenApiResponse(PersonaSerializer, description="Without streaming: the finished persona."),
+        204: NOTHING_TO_FOLLOW,
+    },
+    events=PERSONA_EVENTS,
+    parameters=[
+        STREAM,
+        on_disconnect_parameter(OnDisconnect.CONTINUE),
+        IDEMPOTENCY_KEY,
+        LAST_EVENT_ID,
+        LOCATION,
+    ],
+    errors={
+        409: "The Idempotency-Key was used with a different body (`idempotency_conflict`) or its first request is "
+        "still being processed (`conflict`); without streaming, the generation was cancelled (`cancelled`).",
+        502: "Without streaming: the model provider failed (`provider_error`).",
+        503: "The server is shutting down or could not start the run (`server_shutdown`, `service_unavailable`).",
+        504: "Without streaming: the model provider timed out (`provider_timeout`).",
+    },
+)
 @async_api_view
 async def persona_create(request: HttpRequest, user: AbstractBaseUser) -> HttpResponseBase:
     """`POST /v1/personas`: start the six-step pipeline; stream it, or answer 201 when it is done."""
@@ -91,6 +130,11 @@ async def _serve(
     )
 
 
+@async_operation(
+    responses={204: NOTHING_TO_FOLLOW},
+    events=PERSONA_EVENTS,
+    parameters=[LAST_EVENT_ID, LAST_EVENT_ID_QUERY, on_disconnect_parameter(None), LOCATION],
+)
 @async_api_view
 async def persona_events(request: HttpRequest, user: AbstractBaseUser, persona_id: str) -> HttpResponseBase:
     """`GET /v1/personas/{id}/events`: replay after `Last-Event-ID`, then follow live; 204 when over."""
@@ -105,6 +149,7 @@ async def persona_events(request: HttpRequest, user: AbstractBaseUser, persona_i
     return sse_response(sse_frames(hub, persona_id, after=after, on_disconnect=policy), location=_location(persona_id))
 
 
+@async_operation(responses={200: OpenApiResponse(PersonaSerializer, description="The persona as it now is.")})
 @async_api_view
 async def persona_cancel(request: HttpRequest, user: AbstractBaseUser, persona_id: str) -> HttpResponseBase:
     """`POST /v1/personas/{id}/cancel`: stop the generation; answer the persona as it now is."""
@@ -113,6 +158,7 @@ async def persona_cancel(request: HttpRequest, user: AbstractBaseUser, persona_i
     return json_response(await _owned_persona_json(user.pk, persona_id))
 
 
+@async_operation(responses={204: OpenApiResponse(description="Deleted, with its chats.")})
 @async_api_view
 async def persona_delete(request: HttpRequest, user: AbstractBaseUser, persona_id: str) -> HttpResponseBase:
     """`DELETE /v1/personas/{id}`: stop its generation and replies, then delete it and its chats."""
