@@ -2,7 +2,7 @@
 
     python -m uvicorn bench.reference_django:application --port 8002 --log-level warning --no-access-log
 
-What the issue calls "a minimal Django async view on uvicorn" (the third column of shared/spec/performance.md):
+What the issue calls "a minimal Django async view on uvicorn" (the "plain Django view" column of bench/RESULTS.md):
 Django's stock ASGI handler, no middleware, no apps, no database, and one async view returning a
 `StreamingHttpResponse` over an async generator. It is what wiring a model's stream into Django by hand starts
 from, and what Moonborn must beat. The query (`tokens`, `delay_ms`) and the frames are `bench/reference_asgi.py`'s:

@@ -1,6 +1,6 @@
 """The ASGI side of Django, trimmed for streaming.
 
-Two things Django's stock ASGI handler costs per request, measured in shared/spec/performance.md:
+Two things Django's stock ASGI handler costs per request (bench/RESULTS.md compares Moonborn with a plain Django view):
 
 - A thread of its own for the request's sync work (asgiref's ThreadSensitiveContext), created when the request
   starts, joined by yet another thread when it ends, and held while the response streams: one idle OS thread

@@ -2,7 +2,7 @@
 
 A request that Django would serve with a stream costs it an `HttpRequest`, a `StreamingHttpResponse`, a thread
 hop for `request_started` and another for closing the response, and ~35 KiB that live as long as the stream
-(shared/spec/performance.md). A fast path parses the few things it needs from the ASGI scope, does the stream's
+(per-stream memory: bench/RESULTS.md). A fast path parses the few things it needs from the ASGI scope, does the stream's
 database work in one `db()` call, and writes the run's frames itself. It handles only the well-formed case it was
 made for: anything else (an error to report, an unusual header) goes to Django with the body replayed, so the
 JSON errors, and everything that can be checked before the first byte, have one implementation.
