@@ -5,6 +5,7 @@ import ast
 import inspect
 import json
 import re
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from django.urls import URLResolver
 from django.utils import timezone
 from djangorestframework_camel_case.util import camelize
 from drf_spectacular.drainage import GENERATOR_STATS
+from moonborn import events as sdk_events
 from moonborn._sse import RawEvent
 from moonborn.events import UnknownEvent, parse_event
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
@@ -164,6 +166,45 @@ def test_both_sdks_know_every_documented_event(schema: dict[str, Any]) -> None:
         assert not isinstance(event, UnknownEvent), name
     typescript = (ROOT / "sdk" / "typescript" / "src" / "index.ts").read_text()
     assert set(re.findall(r'Base<"([a-z_.]+)"', typescript)) == set(documented)
+
+
+class Reading(dict[str, Any]):
+    """An event's data that notes every key read from it."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        super().__init__(data)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def test_the_python_sdk_reads_exactly_the_documented_fields_of_each_event(
+    schema: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A field renamed on either side shows here: the SDK would read a key the schema does not have, or leave one out.
+    documented = {
+        name: component(schema, component(schema, ref)["properties"]["data"]["contentSchema"]["$ref"])
+        for _, _, declaration in streams()
+        for name, ref in event_refs(declaration).items()
+    }
+    readings: list[Reading] = []
+
+    def loads(text: str) -> Reading:
+        readings.append(Reading(json.loads(text)))
+        return readings[-1]
+
+    monkeypatch.setattr(sdk_events, "json", SimpleNamespace(loads=loads))
+    read = {}
+    for name, data in documented.items():
+        parse_event(RawEvent(id="1", event=name, data=json.dumps(sample(schema, data))))
+        read[name] = readings[-1].read
+    assert read == {name: set(data["properties"]) for name, data in documented.items()}
 
 
 def properties(schema: dict[str, Any], name: str) -> set[str]:
