@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .keys import generate_key, hash_key
-from .models import ApiKey, IdempotencyKey, UsageRecord
+from .models import ApiKey, IdempotencyKey
 
 # A key's last use is written at most this often: authentication is on every request's path.
 KEY_USE_PRECISION = timedelta(seconds=60)
@@ -47,20 +47,6 @@ def api_key_authenticate(*, key: str) -> AbstractBaseUser | None:
     if api_key.last_used_at is None or now - api_key.last_used_at > KEY_USE_PRECISION:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
     return api_key.owner
-
-
-def usage_start(*, owner_id: int, kind: str, run_id: str, provider: str, model: str) -> UsageRecord:
-    return UsageRecord.objects.create(owner_id=owner_id, kind=kind, run_id=run_id, provider=provider, model=model)
-
-
-def usage_finish(*, record_id: int, status: str, prompt_tokens: int, completion_tokens: int) -> None:
-    """Freeze a run's usage at what it had produced when it ended."""
-    UsageRecord.objects.filter(pk=record_id).update(
-        status=status,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        ended_at=timezone.now(),
-    )
 
 
 IDEMPOTENCY_TTL = timedelta(hours=24)

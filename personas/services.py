@@ -11,10 +11,6 @@ from accounts.models import UsageRecord
 from .models import Persona, PersonaStep
 
 
-class PersonaConflict(Exception):
-    """The persona is in a state that does not allow the action."""
-
-
 def persona_queryset(*, owner_id: int) -> QuerySet[Persona]:
     """The owner's personas with their steps and the drift statistics of their chats."""
     replies = Q(chat_sessions__messages__role="assistant", chat_sessions__messages__drift_score__isnull=False)
