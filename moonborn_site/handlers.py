@@ -109,9 +109,9 @@ class ByCredentials:
     hands whatever it does not serve itself to `api`.
     """
 
-    def __init__(self, full: Any, api: Any) -> None:
-        from chat.streams import message_create_fast
-
+    def __init__(self, full: Any, api: Any, *, message_create_fast: Any) -> None:
+        # Given by the application's composition (moonborn_site.asgi): the chat app depends on this module, not
+        # the other way round.
         self.full = full
         self.api = api
         self.message_create_fast = message_create_fast

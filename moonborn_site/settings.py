@@ -208,6 +208,8 @@ LOGGING = {
 
 # --- Moonborn (api.md, "Operations") ---
 REDIS_URL = env.str("REDIS_URL", default="")
+# The run hub's backend (runs.hub.get_hub): the in-process one, or the one shared through Redis when REDIS_URL is set.
+MOONBORN_HUB_BACKEND = "runs.redis_hub.RedisHub" if REDIS_URL else "runs.hub.InProcessHub"
 MOONBORN_LLM_PROVIDER = env.str("MOONBORN_LLM_PROVIDER", default="demo")
 MOONBORN_LLM_MODEL = env.str("MOONBORN_LLM_MODEL", default="")
 MOONBORN_LLM_BASE_URL = env.str("MOONBORN_LLM_BASE_URL", default="")

@@ -56,12 +56,11 @@ async def health(request: HttpRequest) -> JsonResponse:
         checks["database"] = _passed("database", "ok")
     except Exception as exc:
         checks["database"] = _failed("database", exc)
-    redis = getattr(hub, "redis", None)
-    if redis is None:
+    if not hub.shared:
         checks["redis"] = "not configured"
     else:
         try:
-            await redis.ping()
+            await hub.ping()
             checks["redis"] = _passed("redis", "ok")
         except Exception as exc:
             checks["redis"] = _failed("redis", exc)

@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 from .events import Event, RunError, error_event
 from .sse import HEARTBEAT, encode_event
@@ -274,6 +275,20 @@ class InProcessHub:
 
     # Whether other processes produce runs through this hub (then a reaper must watch for dead ones).
     shared = False
+
+    async def ping(self) -> None:
+        """Raise when the store the hub shares runs through cannot be reached (in process: nothing to reach)."""
+
+    async def aclose(self) -> None:
+        """Release the hub's connections (in process: none)."""
+
+    @classmethod
+    def from_settings(cls) -> "InProcessHub":
+        """The hub the settings describe (`get_hub` builds the process's one with it)."""
+        return cls(
+            retention_seconds=settings.MOONBORN_EVENT_RETENTION_SECONDS,
+            heartbeat_seconds=settings.MOONBORN_SSE_HEARTBEAT_SECONDS,
+        )
 
     def __init__(self, *, retention_seconds: float, heartbeat_seconds: float) -> None:
         self.retention_seconds = retention_seconds
@@ -625,21 +640,10 @@ _hub: InProcessHub | None = None
 
 
 def get_hub() -> InProcessHub:
-    """Return the process's hub, built from settings on first use (Redis when REDIS_URL is set)."""
+    """Return the process's hub, built on first use by the backend `MOONBORN_HUB_BACKEND` names (the Redis one when
+    REDIS_URL is set), as Django builds its cache backends."""
     global _hub
     if _hub is None:
-        if settings.REDIS_URL:
-            from .redis_hub import RedisHub
-
-            _hub = RedisHub(
-                settings.REDIS_URL,
-                retention_seconds=settings.MOONBORN_EVENT_RETENTION_SECONDS,
-                heartbeat_seconds=settings.MOONBORN_SSE_HEARTBEAT_SECONDS,
-                worker_ttl_seconds=settings.MOONBORN_WORKER_TTL_SECONDS,
-            )
-        else:
-            _hub = InProcessHub(
-                retention_seconds=settings.MOONBORN_EVENT_RETENTION_SECONDS,
-                heartbeat_seconds=settings.MOONBORN_SSE_HEARTBEAT_SECONDS,
-            )
+        backend: type[InProcessHub] = import_string(settings.MOONBORN_HUB_BACKEND)
+        _hub = backend.from_settings()
     return _hub

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 from .asgi import GuardedSend
 from .db import db
@@ -105,21 +106,14 @@ def recover_at_start() -> None:
 
     def work() -> None:
         async def reap() -> None:
-            if settings.REDIS_URL:
-                from .redis_hub import RedisHub
-
-                hub: InProcessHub = RedisHub(
-                    settings.REDIS_URL,
-                    retention_seconds=settings.MOONBORN_EVENT_RETENTION_SECONDS,
-                    heartbeat_seconds=settings.MOONBORN_SSE_HEARTBEAT_SECONDS,
-                )
-                try:
-                    await reap_orphans(hub, older_than_seconds=settings.MOONBORN_WORKER_TTL_SECONDS)
-                finally:
-                    await hub.aclose()  # type: ignore[attr-defined]
-            else:
-                # One process owns every run of the in-process hub: all unfinished runs are orphans.
-                await reap_orphans(InProcessHub(retention_seconds=1, heartbeat_seconds=1), older_than_seconds=0)
+            hub: InProcessHub = import_string(settings.MOONBORN_HUB_BACKEND).from_settings()
+            try:
+                # A shared hub's runs belong to the workers that still beat; one process owns every run of the
+                # in-process hub, so all its unfinished runs are orphans.
+                older_than = settings.MOONBORN_WORKER_TTL_SECONDS if hub.shared else 0
+                await reap_orphans(hub, older_than_seconds=older_than)
+            finally:
+                await hub.aclose()
 
         try:
             asyncio.run(reap())

@@ -51,6 +51,15 @@ return 1
 class RedisHub(InProcessHub):
     shared = True
 
+    @classmethod
+    def from_settings(cls) -> "RedisHub":
+        return cls(
+            settings.REDIS_URL,
+            retention_seconds=settings.MOONBORN_EVENT_RETENTION_SECONDS,
+            heartbeat_seconds=settings.MOONBORN_SSE_HEARTBEAT_SECONDS,
+            worker_ttl_seconds=settings.MOONBORN_WORKER_TTL_SECONDS,
+        )
+
     def __init__(
         self,
         url: str,
@@ -81,6 +90,9 @@ class RedisHub(InProcessHub):
     @property
     def _retention_ms(self) -> int:
         return max(1, int(self.retention_seconds * 1000))
+
+    async def ping(self) -> None:
+        await self.redis.ping()
 
     async def aclose(self) -> None:
         """Stop the background tasks and close the connections (tests; a server just exits)."""
