@@ -32,14 +32,14 @@ export interface ToolStartData {
     args: Record<string, unknown>;
 }
 /**
- * A tool call ended, with the same `callId` as its `tool_start`. For `lorebook`, `result` is a `LorebookResult`
- * (`event.data.result as LorebookResult`).
+ * A tool call ended, with the same `callId` as its `tool_start`. `result` is the `lorebook`'s `LorebookResult`, as
+ * the schema says: the only tool today.
  */
 export interface ToolEndData {
     callId: string;
     tool: string;
     status: "ok" | "error";
-    result: Record<string, unknown>;
+    result: LorebookResult;
     durationMs: number;
 }
 /** Why a lorebook entry went into the prompt (`kind`), with the key, decorator or entry that did it. */
@@ -78,8 +78,8 @@ export type ChatEvent = Base<"message.started", {
     delta: string;
 }> | Base<"completed", {
     messageId: string;
-    driftScore: number | null;
-    driftThreshold: number | null;
+    driftScore: number;
+    driftThreshold: number;
     drifted: boolean;
 }> | Base<"error", StreamErrorData>;
 export type StreamEvent = PersonaEvent | ChatEvent;

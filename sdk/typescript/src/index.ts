@@ -33,14 +33,14 @@ export interface ToolStartData {
 }
 
 /**
- * A tool call ended, with the same `callId` as its `tool_start`. For `lorebook`, `result` is a `LorebookResult`
- * (`event.data.result as LorebookResult`).
+ * A tool call ended, with the same `callId` as its `tool_start`. `result` is the `lorebook`'s `LorebookResult`, as
+ * the schema says: the only tool today.
  */
 export interface ToolEndData {
   callId: string;
   tool: string;
   status: "ok" | "error";
-  result: Record<string, unknown>;
+  result: LorebookResult;
   durationMs: number;
 }
 
@@ -83,7 +83,7 @@ export type ChatEvent =
   | Base<"tool_start", ToolStartData>
   | Base<"tool_end", ToolEndData>
   | Base<"token", { delta: string }>
-  | Base<"completed", { messageId: string; driftScore: number | null; driftThreshold: number | null; drifted: boolean }>
+  | Base<"completed", { messageId: string; driftScore: number; driftThreshold: number; drifted: boolean }>
   | Base<"error", StreamErrorData>;
 
 export type StreamEvent = PersonaEvent | ChatEvent;
