@@ -1,5 +1,5 @@
 """The labelled drift set (``tests/fixtures/drift/``): its personas built the way the service builds them, scored
-by either tier, and the figures the acceptance asks for. Used by ``tests/test_drift_quality.py``,
+by either tier, and the figures the acceptance asks for. Used by ``tests/chat/test_drift_quality.py``,
 ``bench/drift_quality.py`` (the figures of ``bench/RESULTS-drift.md``) and ``bench/fit_drift_priors.py``.
 
 A persona is built from its source as the service would build it:

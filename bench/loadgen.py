@@ -4,7 +4,7 @@ Every `token` event is counted and every stream's ids are checked for gaps and d
 run 1, 2, 3… with the terminal event last). Reports tokens/s, time to first token and inter-token gap
 percentiles, errors, and the server's CPU (from /proc/<pid>/stat) and RSS per open stream.
 
-Used by `bench/perf.py` and `tests/test_bench_smoke.py`; also runnable by hand:
+Used by `bench/perf.py` and `tests/bench/test_bench_smoke.py`; also runnable by hand:
 
     python bench/loadgen.py --port 8000 --path '/stream?tokens=200' --slots 50 --per-slot 2 --tokens 200
 """

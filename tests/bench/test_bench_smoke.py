@@ -7,12 +7,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from bench import loadgen
 from bench.perf import DJANGO_APP, chat_targets, reference_env, reference_targets, running
+from tests.conftest import ROOT
 from tests.e2e.helpers import make_persona, make_session
 
 FRAMES = (
@@ -138,7 +138,7 @@ def run_bench(script: str, *args: str) -> list[str]:
     """Run a bench/ script to the end; its output lines."""
     made = subprocess.run(
         [sys.executable, f"bench/{script}", *args],
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,

@@ -65,7 +65,7 @@ def generated_checks(events: dict[str, str], open_by_component: dict[str, set[st
     """The TypeScript that checks the SDK against each event (its name, its data against the data component), and
     the generated types against the schema where they are `unknown`."""
     lines = [
-        "// Written by tests/test_sdk_schema.py from the schema's components.",
+        "// Written by tests/sdk/test_sdk_schema.py from the schema's components.",
         'import type { components } from "moonborn-schema";',
         'import type { EventAgrees, EventNamesAgree, Expect, OpenKeysAre } from "moonborn-schema-types";',
         "",
