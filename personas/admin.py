@@ -12,7 +12,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.db.models import Avg, Case, Count, FloatField, IntegerField, OuterRef, QuerySet, Subquery, Value, When
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -28,6 +28,7 @@ from chat.scoring import DRIFT_ALPHA, calibration_scores
 from .card_services import card_import_prepare, persona_card, persona_import
 from .cards import CardError, parse_card_bytes
 from .models import STEP_NAMES, Persona, PersonaStep
+from .selectors import with_drift_stats
 
 EMPTY = "—"
 
@@ -55,16 +56,8 @@ def pretty_json(value: Any) -> SafeString:
 
 
 def annotate_persona_stats(queryset: QuerySet[Persona]) -> QuerySet[Persona]:
-    """Add steps done and the drift statistics of the persona's replies, each as a correlated subquery.
-
-    A reply is an assistant message with a drift score, as in `personas.services.persona_queryset`.
-    Subqueries rather than joins: steps × messages joins would multiply rows and the counts with them.
-    """
-    replies = (
-        Message.objects.filter(session__persona=OuterRef("pk"), role=Message.Role.ASSISTANT, drift_score__isnull=False)
-        .order_by()
-        .values("session__persona")
-    )
+    """The drift statistics of `personas.selectors.with_drift_stats`, and what only the admin shows: the steps done
+    and the sessions in sustained drift, each a correlated subquery (joins would multiply rows and counts)."""
     steps_done = (
         PersonaStep.objects.filter(persona=OuterRef("pk"), status=PersonaStep.Status.COMPLETED)
         .order_by()
@@ -72,7 +65,6 @@ def annotate_persona_stats(queryset: QuerySet[Persona]) -> QuerySet[Persona]:
         .annotate(n=Count("pk"))
         .values("n")
     )
-    flagged_indicator = Case(When(flagged=True, then=Value(1.0)), default=Value(0.0), output_field=FloatField())
     sustained = (
         ChatSession.objects.filter(persona=OuterRef("pk"), sustained_drift_at__isnull=False)
         .order_by()
@@ -80,14 +72,9 @@ def annotate_persona_stats(queryset: QuerySet[Persona]) -> QuerySet[Persona]:
         .annotate(n=Count("pk"))
         .values("n")
     )
-    return queryset.annotate(
+    return with_drift_stats(queryset).annotate(
         sustained_sessions=Coalesce(Subquery(sustained, output_field=IntegerField()), Value(0)),
         steps_done=Coalesce(Subquery(steps_done, output_field=IntegerField()), Value(0)),
-        reply_count=Coalesce(
-            Subquery(replies.annotate(n=Count("pk")).values("n"), output_field=IntegerField()), Value(0)
-        ),
-        mean_drift=Subquery(replies.annotate(m=Avg("drift_score")).values("m"), output_field=FloatField()),
-        flagged_share=Subquery(replies.annotate(s=Avg(flagged_indicator)).values("s"), output_field=FloatField()),
     )
 
 

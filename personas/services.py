@@ -3,26 +3,18 @@
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Avg, Count, Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import UsageRecord
 
 from .models import Persona, PersonaStep
+from .selectors import with_drift_stats
 
 
 def persona_queryset(*, owner_id: int) -> QuerySet[Persona]:
     """The owner's personas with their steps and the drift statistics of their chats."""
-    replies = Q(chat_sessions__messages__role="assistant", chat_sessions__messages__drift_score__isnull=False)
-    return (
-        Persona.objects.filter(owner_id=owner_id)
-        .prefetch_related("steps")
-        .annotate(
-            reply_count=Count("chat_sessions__messages", filter=replies),
-            mean_drift=Avg("chat_sessions__messages__drift_score", filter=replies),
-            flagged_count=Count("chat_sessions__messages", filter=replies & Q(chat_sessions__messages__flagged=True)),
-        )
-    )
+    return with_drift_stats(Persona.objects.filter(owner_id=owner_id).prefetch_related("steps"))
 
 
 @transaction.atomic
