@@ -1,12 +1,11 @@
 """Typical replies of a generic, out-of-character AI assistant (``chat/generic_assistant.json``).
 
-Drift scoring (``chat.drift``) embeds these once per embedder and uses their centroid as the "generic assistant"
-pole: a persona reply that is closer to this centroid than its persona's replies are is drifting out of character.
+Drift scoring (``chat.drift``) reads the assistant's *register* from them: the word pieces these texts use give the
+generic side of the unigram log-likelihood ratio (``generic_register``), against the persona's own reference texts.
 The texts are deliberately varied in topic (how-tos, the subjects role-play touches, refusals, disclaimers, small
-talk, summaries, code, advice, emotional support) and in length, so that the centroid captures the *register* of
-assistant speech, not a subject. Changing them changes every persona's calibration: bump
-``chat.drift.CALIBRATION_VERSION`` and run ``bench/fit_drift_priors.py`` when you do.
-"""
+talk, summaries, code, advice, emotional support) and in length, so that they carry the register of assistant
+speech, not a subject. Changing them changes every persona's calibration: bump ``chat.drift.CALIBRATION_VERSION``
+and run ``bench/fit_drift_priors.py`` when you do."""
 
 from __future__ import annotations
 
