@@ -366,6 +366,18 @@ def _repeat_at(pattern: str, i: int) -> tuple[bool, int]:
     return False, i
 
 
+def _skip_class(pattern: str, i: int) -> int:
+    """The index after the character class opening at ``i`` (a ``]`` right after ``[`` or ``[^`` is a member)."""
+    i, n = i + 1, len(pattern)
+    if i < n and pattern[i] == "^":
+        i += 1
+    if i < n and pattern[i] == "]":
+        i += 1
+    while i < n and pattern[i] != "]":
+        i += 2 if pattern[i] == "\\" else 1
+    return i + 1
+
+
 def _nested_quantifier(pattern: str) -> bool:
     """Whether a repeated group contains a repeat, as in ``(a+)+`` or ``(\\w*x)*``: the shape that backtracks
     exponentially on a near miss. Overlapping alternatives (``(a|a)*``) are not detected."""
@@ -376,14 +388,7 @@ def _nested_quantifier(pattern: str) -> bool:
         if char == "\\":
             i += 2
         elif char == "[":
-            i += 1
-            if i < n and pattern[i] == "^":
-                i += 1
-            if i < n and pattern[i] == "]":
-                i += 1
-            while i < n and pattern[i] != "]":
-                i += 2 if pattern[i] == "\\" else 1
-            i += 1
+            i = _skip_class(pattern, i)
         elif char == "(":
             stack.append(False)
             i += 1
@@ -481,14 +486,7 @@ def _skip_group(source: str, i: int) -> int:
             i += 2
             continue
         if c == "[":
-            i += 1
-            if i < n and source[i] == "^":
-                i += 1
-            if i < n and source[i] == "]":
-                i += 1
-            while i < n and source[i] != "]":
-                i += 2 if source[i] == "\\" else 1
-            i += 1
+            i = _skip_class(source, i)
             if depth == 0:
                 return i
             continue

@@ -32,6 +32,7 @@ from moonborn_site.openapi import (
     LOCATION,
     STREAM,
     async_operation,
+    nothing_to_follow,
     on_disconnect_parameter,
 )
 from moonborn_site.throttle import api_refusal, caller, throttled
@@ -73,11 +74,7 @@ async def _owned_message(owner_id: int, session_id: str, message_id: str) -> dic
         raise ApiError(404, f"No message {message_id} in chat session {session_id}.") from None
 
 
-# 204 from a resume: nothing is left to follow.
-NOTHING_TO_FOLLOW = OpenApiResponse(
-    description="The client has seen the reply's terminal event, or the reply ended longer ago than events are kept: "
-    "stop reconnecting (the result is in `GET …/messages/{message_id}`)."
-)
+NOTHING_TO_FOLLOW = nothing_to_follow("reply", "GET …/messages/{message_id}")
 
 
 @async_operation(

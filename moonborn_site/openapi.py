@@ -79,6 +79,14 @@ STREAM = OpenApiParameter(
 )
 
 
+def nothing_to_follow(what: str, result: str) -> OpenApiResponse:
+    """The 204 of a resume: nothing is left to follow of the `what` (a run, a reply); its result is at `result`."""
+    return OpenApiResponse(
+        description=f"The client has seen the {what}'s terminal event, or the {what} ended longer ago than events are "
+        f"kept: stop reconnecting (the result is in `{result}`)."
+    )
+
+
 def on_disconnect_parameter(default: OnDisconnect | None) -> OpenApiParameter:
     """`?on_disconnect=`: what the run does when this response's client goes away."""
     usual = f"`{default}`" if default is not None else "the policy of the request that started the run"

@@ -22,6 +22,7 @@ from moonborn_site.openapi import (
     LOCATION,
     STREAM,
     async_operation,
+    nothing_to_follow,
     on_disconnect_parameter,
 )
 from runs.db import db
@@ -48,11 +49,7 @@ async def _owned_persona_json(owner_id: int, persona_id: str) -> dict[str, objec
         raise ApiError(404, f"No persona {persona_id}.") from None
 
 
-# 204 from a resume: nothing is left to follow.
-NOTHING_TO_FOLLOW = OpenApiResponse(
-    description="The client has seen the run's terminal event, or the run ended longer ago than events are kept: "
-    "stop reconnecting (the result is in `GET /v1/personas/{persona_id}`)."
-)
+NOTHING_TO_FOLLOW = nothing_to_follow("run", "GET /v1/personas/{persona_id}")
 
 
 @async_operation(
