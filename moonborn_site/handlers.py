@@ -114,7 +114,7 @@ class ByCredentials:
         # the other way round.
         self.full = full
         self.api = api
-        self.message_create_fast = message_create_fast
+        self.message_create_fast = message_create_fast if settings.MOONBORN_ASGI_FAST_PATH else None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if (
@@ -122,7 +122,7 @@ class ByCredentials:
             and scope["path"].startswith(API_PREFIX)
             and any(name == b"authorization" for name, _ in scope["headers"])
         ):
-            if scope["method"] == "POST" and not scope.get("root_path"):
+            if self.message_create_fast is not None and scope["method"] == "POST" and not scope.get("root_path"):
                 match = _CHAT_MESSAGES.fullmatch(scope["path"])
                 if match is not None:
                     await self.message_create_fast(scope, receive, send, session_id=match[1], django=self.api)

@@ -235,6 +235,8 @@ MOONBORN_EMBEDDINGS_MODEL = env.str("MOONBORN_EMBEDDINGS_MODEL", default="text-e
 MOONBORN_EMBEDDINGS_BASE_URL = env.str("MOONBORN_EMBEDDINGS_BASE_URL", default="")
 MOONBORN_SSE_HEARTBEAT_SECONDS = env.float("MOONBORN_SSE_HEARTBEAT_SECONDS", default=15.0)
 MOONBORN_SSE_WRITE_TIMEOUT_SECONDS = env.float("MOONBORN_SSE_WRITE_TIMEOUT_SECONDS", default=60.0)
+# API-key chat streams served on ASGI directly (moonborn_site.handlers); off: Django's API handler serves them too.
+MOONBORN_ASGI_FAST_PATH = env.bool("MOONBORN_ASGI_FAST_PATH", default=True)
 MOONBORN_EVENT_RETENTION_SECONDS = env.float("MOONBORN_EVENT_RETENTION_SECONDS", default=600.0)
 MOONBORN_MAX_STREAMS_PER_KEY = env.int("MOONBORN_MAX_STREAMS_PER_KEY", default=20)
 # Requests per minute per API key (or browser session), counted in every worker together when REDIS_URL is set; 0:
