@@ -1,4 +1,12 @@
-"""Authentication: `Authorization: Bearer <key>` for programs, the Django session for the browser."""
+"""Authentication: `Authorization: Bearer <key>` for programs, the Django session for the browser.
+
+One parser of the header (`bearer`) and one key authentication (`accounts.services.api_key_authenticate`): the
+DRF views, the async views and the ASGI fast path (`key_owner`, in front of it) all come here.
+"""
+
+import asyncio
+import time
+from collections import OrderedDict
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
@@ -6,15 +14,15 @@ from django.middleware.csrf import CsrfViewMiddleware
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from moonborn_site.state import process_state
 from runs.db import db
 
-from .keys import prefix_of
+from .keys import hash_key, prefix_of
 from .services import api_key_authenticate
 
 
-def bearer_key(request: HttpRequest) -> str | None:
-    """The API key of an `Authorization: Bearer` header; '' when the header is malformed."""
-    header = request.headers.get("Authorization")
+def bearer(header: str | None) -> str | None:
+    """The API key of an `Authorization` header's value: None without one, '' when it is not `Bearer <key>`."""
     if header is None:
         return None
     scheme, _, key = header.partition(" ")
@@ -23,10 +31,61 @@ def bearer_key(request: HttpRequest) -> str | None:
     return key.strip()
 
 
+def bearer_key(request: HttpRequest) -> str | None:
+    return bearer(request.headers.get("Authorization"))
+
+
 def user_for_key(key: str) -> AbstractBaseUser | None:
     if prefix_of(key) is None:
         return None
     return api_key_authenticate(key=key)
+
+
+# How long an authenticated key's owner is taken from memory by `key_owner`: a revoked key is refused everywhere
+# within this time. A burst of streams on one key costs one lookup, not one each.
+KEY_CACHE_SECONDS = 1.0
+KEY_CACHE_SIZE = 1024
+
+
+class KeyOwners:
+    """Key hash → (owner id, until when it is trusted), the most recently used last; concurrent lookups of one key
+    share one call to the database. Used from the event loop only; a hash, never the key, is kept."""
+
+    def __init__(self) -> None:
+        self.owners: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self.lookups: dict[str, asyncio.Future[int | None]] = {}
+
+    async def owner(self, key: str) -> int | None:
+        digest = hash_key(key)
+        now = time.monotonic()
+        known = self.owners.get(digest)
+        if known is not None and known[1] > now:
+            self.owners.move_to_end(digest)
+            return known[0]
+        lookup = self.lookups.get(digest)
+        if lookup is None:
+            lookup = self.lookups[digest] = asyncio.ensure_future(db(_owner_id, key))
+            lookup.add_done_callback(lambda _: self.lookups.pop(digest, None))
+        # Shielded: one waiter that is cancelled does not cancel the others' lookup.
+        owner_id = await asyncio.shield(lookup)
+        if owner_id is None:
+            self.owners.pop(digest, None)
+        else:
+            self.owners[digest] = (owner_id, now + KEY_CACHE_SECONDS)
+            self.owners.move_to_end(digest)
+            while len(self.owners) > KEY_CACHE_SIZE:
+                self.owners.popitem(last=False)
+        return owner_id
+
+
+def _owner_id(key: str) -> int | None:
+    user = user_for_key(key)
+    return None if user is None else int(user.pk)
+
+
+async def key_owner(key: str) -> int | None:
+    """The id of the owner of an active API key (None: unknown, revoked, or its user is inactive)."""
+    return await process_state("accounts.key_owners", KeyOwners).owner(key)
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

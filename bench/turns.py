@@ -51,8 +51,8 @@ def main() -> None:
         import django
 
         django.setup()
-        from chat.models import Message
-        from chat.services import TurnRequest, message_create_turns
+        from chat.models import ChatSession, Message
+        from chat.services import ReplyJob, TurnRequest, message_create_turns
         from runs.db import _call_and_close
 
         if args.batch:
@@ -60,6 +60,7 @@ def main() -> None:
             return
         print(f"{root}: one turn's database work (ms) by messages already in the session", flush=True)
         for session_id, length in zip(mb.sessions, lengths, strict=True):
+            owner_id = ChatSession.objects.get(pk=session_id).owner_id
             for start in range(0, length, 5000):
                 Message.objects.bulk_create(
                     Message(
@@ -74,14 +75,14 @@ def main() -> None:
             took = []
             for _ in range(args.turns):
                 request = TurnRequest(
-                    key=mb.key, session_id=session_id, content="And then?", provider="demo", model="demo"
+                    owner_id=owner_id, session_id=session_id, content="And then?", provider="demo", model="demo"
                 )
                 began = time.perf_counter()
                 (outcome,) = _call_and_close(message_create_turns, requests=[request])
                 took.append((time.perf_counter() - began) * 1000)
-                if not isinstance(outcome, tuple):
+                if not isinstance(outcome, ReplyJob):
                     raise RuntimeError(f"turn refused: {outcome!r}")
-                Message.objects.filter(pk=outcome[1].assistant_message_id).update(
+                Message.objects.filter(pk=outcome.assistant_message_id).update(
                     status=Message.Status.COMPLETED, content="Aye."
                 )
             spread = loadgen.percentiles(took[10:], (50, 90))  # the first turns fill caches
@@ -92,9 +93,10 @@ def batches(root: Path, mb: Any, size: int, times: int) -> None:
     """Time `times` batches of `size` turns (and of sizes counting down from `size`), alone and with a busy thread."""
     from django.db import connection
 
-    from chat.models import Message
-    from chat.services import TurnRequest, message_create_turns
+    from chat.models import ChatSession, Message
+    from chat.services import ReplyJob, TurnRequest, message_create_turns
 
+    owner_id = ChatSession.objects.get(pk=mb.sessions[0]).owner_id
     statements: list[str] = []
 
     def note(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
@@ -103,7 +105,7 @@ def batches(root: Path, mb: Any, size: int, times: int) -> None:
 
     def batch(count: int) -> float:
         requests = [
-            TurnRequest(key=mb.key, session_id=session_id, content="And then?", provider="demo", model="demo")
+            TurnRequest(owner_id=owner_id, session_id=session_id, content="And then?", provider="demo", model="demo")
             for session_id in mb.sessions[:count]
         ]
         statements.clear()
@@ -111,8 +113,8 @@ def batches(root: Path, mb: Any, size: int, times: int) -> None:
         with connection.execute_wrapper(note):
             outcomes = message_create_turns(requests=requests)
         took = (time.perf_counter() - began) * 1000
-        if not all(isinstance(outcome, tuple) for outcome in outcomes):
-            raise RuntimeError(f"turns refused: {[o for o in outcomes if not isinstance(o, tuple)][:3]!r}")
+        if not all(isinstance(outcome, ReplyJob) for outcome in outcomes):
+            raise RuntimeError(f"turns refused: {[o for o in outcomes if not isinstance(o, ReplyJob)][:3]!r}")
         Message.objects.filter(status=Message.Status.STREAMING).update(status=Message.Status.COMPLETED, content="Aye.")
         return took
 

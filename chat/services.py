@@ -1,24 +1,17 @@
 """Writes for chat sessions and messages."""
 
-import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
-from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
-from accounts.keys import hash_key, prefix_of
-from accounts.models import ApiKey, UsageRecord
-from accounts.services import KEY_USE_PRECISION
+from accounts.models import UsageRecord
 from moonborn_site.ids import new_message_id
 from personas.models import Persona, PersonaStep
 
@@ -27,11 +20,10 @@ from .lorebook import Book, parse_book
 from .models import ChatSession, DriftJob, Message
 from .prompt import Character
 from .scoring import calibrate_persona, tier0
+from .turn_store import read_turns, turn_sql
 
 # Weight of the newest reply in a session's drift average.
 EWMA_WEIGHT = 0.3
-# How many earlier messages go into the model's context.
-HISTORY_LIMIT = 40
 # Consecutive replies with the session's drift average over the threshold that make "sustained drift".
 SUSTAINED_DRIFT_TURNS = 3
 # How many of the owner's other personas the bleed component compares a reply with (the most recent ones).
@@ -152,69 +144,53 @@ def persona_voice(*, persona_id: str, updated_at: datetime) -> PersonaVoice:
     return voice
 
 
-def message_create_turn(*, owner_id: int, session_id: str, content: str, provider: str, model: str) -> ReplyJob:
-    """Store the user's message and an empty streaming assistant reply; return the reply's job.
-
-    Raises ChatSession.DoesNotExist (404) or ChatConflict (409).
-    """
-    request = TurnRequest(session_id=session_id, content=content, provider=provider, model=model, owner_id=owner_id)
-    (outcome,) = message_create_turns(requests=[request])
-    if isinstance(outcome, Exception):
-        raise outcome
-    assert outcome is not None
-    return outcome[1]
-
-
 @dataclass(frozen=True)
 class TurnRequest:
-    """One request's turn, for `message_create_turns`: for `owner_id`, or for the owner of API key `key`."""
+    """One request's turn, for `message_create_turns`."""
 
+    owner_id: int
     session_id: str
     content: str
     provider: str
     model: str
-    key: str = ""
-    owner_id: int | None = None
 
 
-TurnOutcome = tuple[int, ReplyJob] | None | ChatSession.DoesNotExist | ChatConflict
+TurnOutcome = ReplyJob | ChatSession.DoesNotExist | ChatConflict
 
 
 @transaction.atomic
 def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
     """Store the turns of several requests in one transaction, with a few statements for all of them.
 
-    Each request's outcome, in order: (owner id, job); None when its key is not an active one; or the error that
-    refused it (ChatSession.DoesNotExist → 404, ChatConflict → 409). A refused turn writes nothing. Two turns of one
+    Each request's outcome, in order: its reply's job, or the error that refused it (ChatSession.DoesNotExist →
+    404, ChatConflict → 409). A refused turn writes nothing. Two turns of one
     session in one call are two requests racing: the first is taken, the second refused as the session's reply is
     then streaming.
     """
-    sql = _sql()
+    sql = turn_sql()
     now = timezone.now()
     at = connection.ops.adapt_datetimefield_value(now)
-    outcomes: list[TurnOutcome] = [None] * len(requests)
+    outcomes: list[TurnOutcome] = [
+        ChatSession.DoesNotExist(f"No chat session {request.session_id}.") for request in requests
+    ]
     with connection.cursor() as cursor:
-        read = _read_turns(cursor, sql, requests, now)
-        owners, sessions = read.owners, read.sessions
+        read = read_turns(cursor, sql, requests)
+        sessions = read.sessions
         taken: dict[str, tuple[int, int]] = {}  # session id → (request number, the user message's index)
-        for number, (request, owner_id) in enumerate(zip(requests, owners, strict=True)):
-            if owner_id is None:
-                continue
+        for number, request in enumerate(requests):
             found = sessions.get(request.session_id)
-            if found is None or found[0] != owner_id:
-                outcomes[number] = ChatSession.DoesNotExist(f"No chat session {request.session_id}.")
+            if found is None or found.owner_id != request.owner_id:
                 continue
-            persona_id, persona_status, last, last_status = found[1], found[3], found[6], found[7]
-            if persona_status != Persona.Status.READY:
+            if found.persona_status != Persona.Status.READY:
                 outcomes[number] = ChatConflict(
-                    f"Persona {persona_id} is {persona_status}; chats need a ready persona."
+                    f"Persona {found.persona_id} is {found.persona_status}; chats need a ready persona."
                 )
-            elif last_status == Message.Status.STREAMING or request.session_id in taken:
+            elif found.last_status == Message.Status.STREAMING or request.session_id in taken:
                 outcomes[number] = ChatConflict(
                     "A reply is still being generated in this session; wait for it or cancel it."
                 )
             else:
-                taken[request.session_id] = (number, 0 if last is None else int(last) + 1)
+                taken[request.session_id] = (number, 0 if found.last_index is None else int(found.last_index) + 1)
         if not taken:
             return outcomes
         ids = list(taken)
@@ -236,320 +212,36 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
         cursor.execute(sql.messages(len(rows)), sql.table(rows))
         # Each reply's tier-1 job, made with it: scored after it ends, however it ends (chat.tier1).
         cursor.execute(sql.drift_jobs(len(made)), sql.table([(reply_id, at, "", 0) for _, _, reply_id, _ in made]))
-        _insert_usage(cursor, sql, requests, owners, made, at)
+        # The replies' usage records: their run id is the reply's id (how the reply's end finds its record).
+        usage = [
+            (requests[number].owner_id, UsageRecord.Kind.CHAT, reply_id, requests[number].provider)
+            + (requests[number].model, 0, 0, UsageRecord.Status.RUNNING, at)
+            for number, _, reply_id, _ in made
+        ]
+        cursor.execute(sql.usage(len(usage)), sql.table(usage))
         cursor.execute(sql.touch(len(ids)), [at, *sql.in_list(ids)])
     for number, user_id, reply_id, index in made:
         request = requests[number]
-        owner_id = owners[number]
-        assert owner_id is not None
-        _, persona_id, persona_name, _, persona_version, *_ = sessions[request.session_id]
-        voice = persona_voice(persona_id=persona_id, updated_at=persona_version)
+        session = sessions[request.session_id]
+        voice = persona_voice(persona_id=session.persona_id, updated_at=session.persona_version)
         bleed = [
             (pid, version)
-            for pid, version, model in read.others.get(owner_id, ())
-            if pid != persona_id and model == voice.embedding_model
+            for pid, version, model in read.others.get(request.owner_id, ())
+            if pid != session.persona_id and model == voice.embedding_model
         ][:BLEED_PERSONAS_LIMIT]
-        outcomes[number] = (
-            owner_id,
-            ReplyJob(
-                session_id=request.session_id,
-                user_message_id=user_id,
-                assistant_message_id=reply_id,
-                turn=index // 2,
-                persona_id=persona_id,
-                persona_name=persona_name,
-                voice=voice,
-                history=tuple(read.histories.get(request.session_id, ())),
-                user_content=request.content,
-                other_centroids=_stacked_centroids(bleed),
-            ),
+        outcomes[number] = ReplyJob(
+            session_id=request.session_id,
+            user_message_id=user_id,
+            assistant_message_id=reply_id,
+            turn=index // 2,
+            persona_id=session.persona_id,
+            persona_name=session.persona_name,
+            voice=voice,
+            history=tuple(read.histories.get(request.session_id, ())),
+            user_content=request.content,
+            other_centroids=_stacked_centroids(bleed),
         )
     return outcomes
-
-
-@dataclass
-class _TurnReads:
-    """What a batch of turns reads before it writes."""
-
-    # Each request's owner: its `owner_id`, or the owner of its key if that is an active one (else None).
-    owners: list[int | None]
-    # Session id → (owner id, persona id, name, status, updated_at, embedding model, last index, last status).
-    sessions: dict[str, tuple[Any, ...]]
-    # Session id → its last HISTORY_LIMIT (role, content) pairs with content, oldest first.
-    histories: dict[str, list[tuple[str, str]]]
-    # Owner id → their ready personas with anchor vectors, newest first: (persona id, updated_at, embedding model).
-    others: dict[int, list[tuple[str, Any, str]]]
-
-
-def _read_turns(cursor: Any, sql: "_TurnSql", requests: list[TurnRequest], now: datetime) -> _TurnReads:
-    """Read what the turns of `requests` need: keys, sessions (locked on PostgreSQL), histories, other personas.
-
-    On SQLite in one statement, which answers one row (see _TurnSql), for every session asked for. On PostgreSQL
-    as four, so that only the sessions of authenticated requests are locked, and before their histories are read.
-    """
-    adapt = connection.ops.adapt_datetimefield_value
-    digests = [hash_key(r.key) if r.owner_id is None and prefix_of(r.key) is not None else "" for r in requests]
-    asked = sorted({digest for digest in digests if digest})
-    stale_before = adapt(now - KEY_USE_PRECISION)
-    read = _TurnReads(owners=[], sessions={}, histories={}, others={})
-    keys: list[Any] = []
-    sessions: list[Any] = []
-    histories: list[Any] = []
-    others: list[Any] = []
-    if sql.one_row:
-        wanted = sql.in_list(sorted({r.session_id for r in requests}))
-        # The keys; the sessions; their histories; the other personas of their owners.
-        cursor.execute(
-            sql.turn_reads(), [stale_before, *sql.in_list(asked), *wanted, *wanted, Persona.Status.READY, *wanted]
-        )
-        keys, sessions, histories, others = (json.loads(text) for text in cursor.fetchone())
-    elif asked:
-        cursor.execute(sql.keys(len(asked)), [stale_before, *asked])
-        keys = cursor.fetchall()
-    owner_of: dict[str, int] = {}
-    stale = []
-    for digest, key_id, owner_id, last_use_stale in keys:
-        owner_of[digest] = int(owner_id)
-        if last_use_stale:
-            stale.append(int(key_id))
-    if stale:
-        cursor.execute(sql.keys_used(len(stale)), [adapt(now), *sql.in_list(sorted(stale))])
-    read.owners = [
-        r.owner_id if r.owner_id is not None else owner_of.get(d) for r, d in zip(requests, digests, strict=True)
-    ]
-    if not sql.one_row:
-        wanted = sorted({r.session_id for r, owner in zip(requests, read.owners, strict=True) if owner is not None})
-        if not wanted:
-            return read
-        cursor.execute(sql.sessions(len(wanted)), wanted)
-        sessions = cursor.fetchall()
-        cursor.execute(sql.histories(len(wanted)), wanted)
-        histories = cursor.fetchall()
-        owner_ids = sorted({owner for owner in read.owners if owner is not None})
-        cursor.execute(sql.others(len(owner_ids)), [Persona.Status.READY, *owner_ids])
-        others = cursor.fetchall()
-    for row in sessions:
-        read.sessions[row[0]] = (*row[1:5], _datetime(row[5]), *row[6:])
-    for sid, role, text, _ in sorted(histories, key=itemgetter(3)):
-        read.histories.setdefault(sid, []).append((str(role), str(text)))
-    for owner_id, persona_id, version, embedding_model, _ in sorted(
-        others, key=lambda row: _datetime(row[4]), reverse=True
-    ):
-        read.others.setdefault(int(owner_id), []).append((persona_id, _datetime(version), embedding_model))
-    return read
-
-
-def _datetime(value: Any) -> Any:
-    """A datetime column read on SQLite, where the JSON has its stored text, parsed as Django's converter does."""
-    return parse_datetime(value) if isinstance(value, str) else value
-
-
-def _insert_usage(
-    cursor: Any,
-    sql: "_TurnSql",
-    requests: list[TurnRequest],
-    owners: list[int | None],
-    made: list[tuple[int, str, str, int]],
-    at: Any,
-) -> None:
-    """Insert the replies' usage records, whose run id is the reply's id (how the reply's end finds its record)."""
-    rows = [
-        (owners[number], UsageRecord.Kind.CHAT, reply_id, requests[number].provider, requests[number].model, 0, 0)
-        + (UsageRecord.Status.RUNNING, at)
-        for number, _, reply_id, _ in made
-    ]
-    cursor.execute(sql.usage(len(rows)), sql.table(rows))
-
-
-class _TurnSql:
-    """The statements of a turn and of a reply's end, in plain SQL: the ORM spends milliseconds of CPU building them.
-
-    Built from the models' tables and columns, so they follow the models; `n` is how many values an `IN` list or
-    a multi-row `VALUES` has (on SQLite, whose texts do not depend on it, see `in_list`).
-    """
-
-    def __init__(self) -> None:
-        q = connection.ops.quote_name
-        self.key, self.user = q(ApiKey._meta.db_table), q(get_user_model()._meta.db_table)
-        self.session, self.persona = q(ChatSession._meta.db_table), q(Persona._meta.db_table)
-        self.message, self.usage_table = q(Message._meta.db_table), q(UsageRecord._meta.db_table)
-        self.drift_job = q(DriftJob._meta.db_table)
-        self.index = q("index")
-        # Only the session rows are locked (PostgreSQL): one turn at a time per session, any number per persona.
-        self.lock = " FOR UPDATE OF s" if connection.features.has_select_for_update_of else ""
-        # On SQLite a batch reads with one statement that answers one row of JSON, not a row per session. Python's
-        # sqlite3 lets go of the GIL for every row it steps (and every statement it prepares, and every statement),
-        # and the worker thread must then win it back from the event loop: while the loop is busy, that takes up to
-        # a switch interval (5 ms) each time. A batch of 256 turns took 120-220 ms that way while a thousand streams
-        # started, against 17 ms alone (bench/sqlite_gil.py). A database server sends the
-        # rows at once, so there they stay rows, and its statements stay apart (see _read_turns).
-        self.one_row = connection.vendor == "sqlite"
-
-        self.session_drift = (
-            f"SELECT s.id, s.drift_ewma, s.drift_streak FROM {self.session} s"
-            f" JOIN {self.message} m ON m.session_id = s.id WHERE m.id = %s"
-        )
-        self.complete = (
-            f"UPDATE {self.message} SET content = %s, status = %s, drift_score = %s, drift_threshold = %s,"
-            " flagged = %s, drift_components = %s, lore = %s, completed_at = %s WHERE id = %s"
-        )
-        self.session_drifted = (
-            f"UPDATE {self.session} SET drift_ewma = %s, drift_streak = %s,"
-            " sustained_drift_at = COALESCE(sustained_drift_at, %s), updated_at = %s WHERE id = %s"
-        )
-        self.usage_ended = (
-            f"UPDATE {self.usage_table} SET status = %s, prompt_tokens = %s, completion_tokens = %s, ended_at = %s"
-            " WHERE run_id = %s AND kind = %s"
-        )
-
-    @staticmethod
-    def _list(n: int) -> str:
-        return ", ".join(["%s"] * n)
-
-    def _in(self, n: int) -> str:
-        """`IN` n values, given by `in_list`. On SQLite one parameter, a JSON array: see `in_list`."""
-        if self.one_row:
-            return "IN (SELECT value FROM json_each(%s))"
-        return f"IN ({self._list(n)})"
-
-    def in_list(self, values: Sequence[Any]) -> list[Any]:
-        """The parameters of an `_in` list.
-
-        On SQLite one JSON array, so that a statement's text does not depend on how many turns a batch has: the
-        connection prepares it once and keeps it, where a text per size made SQLite prepare most statements again
-        (and hand the GIL over once more for it). Binding one value, Django's conversion of `%s` to `?` also no
-        longer runs over thousands of placeholders.
-        """
-        return [json.dumps(list(values), ensure_ascii=False)] if self.one_row else list(values)
-
-    def _table(self, n: int, width: int) -> str:
-        """n rows of `width` values, given by `table`, to insert: `VALUES`, or on SQLite a JSON array of rows."""
-        if self.one_row:
-            columns = ", ".join(f"json_extract(value, '$[{number}]')" for number in range(width))
-            return f"SELECT {columns} FROM json_each(%s)"
-        return "VALUES " + ", ".join(["(" + self._list(width) + ")"] * n)
-
-    def table(self, rows: Sequence[Sequence[Any]]) -> list[Any]:
-        """The parameters of a `_table` (see `in_list`). Text, integers and booleans only, as JSON has them."""
-        if self.one_row:
-            return [json.dumps([list(row) for row in rows], ensure_ascii=False)]
-        return [value for row in rows for value in row]
-
-    def _select(self, columns: str, rest: str) -> str:
-        """`SELECT columns rest`; on SQLite one row, a JSON array of the rows. Text, integers or datetimes only."""
-        if self.one_row:
-            return f"SELECT json_group_array(json_array({columns})) {rest}"
-        return f"SELECT {columns} {rest}"
-
-    def turn_reads(self) -> str:
-        """SQLite: a batch's reads in one statement, one row of four JSON arrays: keys, sessions, histories, others.
-
-        The others are those of the sessions' owners (on PostgreSQL, of the requests' owners): the same for every
-        turn that is taken, since a turn is only taken in a session of its own owner.
-        """
-        others = self._select(
-            "owner_id, id, updated_at, embedding_model, created_at",
-            f"FROM {self.persona} WHERE status = %s AND LENGTH(anchor_vectors) > 0"
-            f" AND owner_id IN (SELECT owner_id FROM {self.session} WHERE id {self._in(0)})",
-        )
-        parts = (self.keys(0), self.sessions(0), self.histories(0), others)
-        return "SELECT " + ", ".join(f"({part})" for part in parts)
-
-    def keys(self, n: int) -> str:
-        """The active keys among n hashes, with whether their last use is older than the first parameter."""
-        return self._select(
-            "k.key_hash, k.id, k.owner_id, CASE WHEN k.last_used_at IS NULL OR k.last_used_at < %s THEN 1 ELSE 0 END",
-            f"FROM {self.key} k JOIN {self.user} u ON u.id = k.owner_id"
-            f" WHERE k.key_hash {self._in(n)} AND k.revoked_at IS NULL AND u.is_active",
-        )
-
-    def keys_used(self, n: int) -> str:
-        return f"UPDATE {self.key} SET last_used_at = %s WHERE id {self._in(n)}"
-
-    def sessions(self, n: int) -> str:
-        """Each session with its persona, and the index and status of its last message (NULL for a new session).
-
-        The last message is found backwards along the (session, index) index: a long conversation costs no more
-        than a short one (an aggregate over the session's messages cost ~0.7 ms per thousand of them, per turn).
-        Its status tells whether a reply is streaming, since the only streaming message a session can have is its
-        last: a turn adds a user message and a streaming reply at the end, and no turn is taken while a reply
-        streams.
-        """
-        last = f"SELECT m.{{}} FROM {self.message} m WHERE m.session_id = s.id ORDER BY m.{self.index} DESC LIMIT 1"
-        return self._select(
-            "s.id, s.owner_id, p.id, p.name, p.status, p.updated_at, p.embedding_model,"
-            f" ({last.format(self.index)}), ({last.format('status')})",
-            f"FROM {self.session} s JOIN {self.persona} p ON p.id = s.persona_id WHERE s.id {self._in(n)}{self.lock}",
-        )
-
-    def histories(self, n: int) -> str:
-        """The last HISTORY_LIMIT messages with content of each session, with their index to put them in order.
-
-        Read backwards along the (session, index) index: a long conversation costs its last HISTORY_LIMIT rows,
-        not all of its rows (as a window over each whole session would). On PostgreSQL one LIMIT per session; on
-        SQLite each session's rows from the index of its HISTORY_LIMIT-th last, in one statement for any number of
-        sessions (and without SQLite's ceiling of 500 SELECTs joined by UNION ALL).
-        """
-        if self.one_row:
-            start = (
-                f"SELECT b.{self.index} FROM {self.message} b WHERE b.session_id = j.value AND b.content <> ''"
-                f" ORDER BY b.{self.index} DESC LIMIT 1 OFFSET {HISTORY_LIMIT - 1}"
-            )
-            return self._select(
-                f"m.session_id, m.role, m.content, m.{self.index}",
-                f"FROM json_each(%s) AS j JOIN {self.message} m ON m.session_id = j.value"
-                f" AND m.{self.index} >= COALESCE(({start}), 0) WHERE m.content <> ''",
-            )
-        last = (
-            f"SELECT * FROM (SELECT session_id, role, content, {self.index} FROM {self.message}"
-            f" WHERE session_id = %s AND content <> '' ORDER BY {self.index} DESC LIMIT {HISTORY_LIMIT}) AS h{{}}"
-        )
-        parts = " UNION ALL ".join(last.format(number) for number in range(n))
-        return self._select(f"session_id, role, content, {self.index}", f"FROM ({parts}) AS recent")
-
-    def messages(self, n: int) -> str:
-        columns = (
-            f"id, session_id, {self.index}, role, content, status, model, error, flagged, drift_components,"
-            " tier1_components, lore, review, created_at"
-        )
-        return f"INSERT INTO {self.message} ({columns}) {self._table(n, 14)}"
-
-    def drift_jobs(self, n: int) -> str:
-        return f"INSERT INTO {self.drift_job} (message_id, created_at, claimed_by, attempts) {self._table(n, 4)}"
-
-    def usage(self, n: int) -> str:
-        return (
-            f"INSERT INTO {self.usage_table} (owner_id, kind, run_id, provider, model, prompt_tokens,"
-            f" completion_tokens, status, started_at) {self._table(n, 9)}"
-        )
-
-    def progress(self, n: int) -> str:
-        """Set `content` of n messages still streaming, from (id, content) rows, in one statement."""
-        rows = ", ".join(["(%s, %s)"] * n)
-        return (
-            f"UPDATE {self.message} SET content = v.column2 FROM (VALUES {rows}) AS v"
-            f" WHERE {self.message}.id = v.column1 AND {self.message}.status = %s"
-        )
-
-    def touch(self, n: int) -> str:
-        return f"UPDATE {self.session} SET updated_at = %s WHERE id {self._in(n)}"
-
-    def others(self, n: int) -> str:
-        """The ready personas with anchor vectors of n owners, and when each was made (for the bleed component)."""
-        return self._select(
-            "owner_id, id, updated_at, embedding_model, created_at",
-            f"FROM {self.persona} WHERE status = %s AND owner_id {self._in(n)} AND LENGTH(anchor_vectors) > 0",
-        )
-
-
-_turn_sql: dict[str, _TurnSql] = {}
-
-
-def _sql() -> _TurnSql:
-    sql = _turn_sql.get(connection.vendor)
-    if sql is None:
-        sql = _turn_sql[connection.vendor] = _TurnSql()
-    return sql
 
 
 # (persona id, updated_at) → the centroid of its anchor vectors (None: it has none), for the bleed component of
@@ -605,7 +297,7 @@ def messages_progress(*, updates: list[tuple[str, str]]) -> None:
     caches one, not one per size (a statement for thousands of rows is large, and SQLite's cache keeps a hundred
     of them); a short last group is filled with rows that match nothing.
     """
-    sql = _sql().progress(PROGRESS_ROWS)
+    sql = turn_sql().progress(PROGRESS_ROWS)
     for start in range(0, len(updates), PROGRESS_ROWS):
         rows = updates[start : start + PROGRESS_ROWS]
         rows += [("", "")] * (PROGRESS_ROWS - len(rows))  # no message has the id ""
@@ -636,7 +328,7 @@ def message_complete(
     In plain SQL, like the turn: every reply ends here, and the ORM's statements cost ~2 ms of CPU each time.
     Raises Message.DoesNotExist if the reply is gone (its session was deleted).
     """
-    sql = _sql()
+    sql = turn_sql()
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     components = Message._meta.get_field("drift_components").get_db_prep_save(drift_components, connection)
     lore_value = Message._meta.get_field("lore").get_db_prep_save(lore or {}, connection)

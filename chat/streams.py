@@ -1,18 +1,12 @@
 """Chat endpoints that start, follow or stop a reply run (async)."""
 
-import asyncio
-from collections import OrderedDict
-
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from drf_spectacular.utils import OpenApiResponse
 
-from accounts.auth import user_for_key
-from accounts.keys import hash_key
-from llm.base import Provider
-from llm.providers import get_provider
+from accounts.auth import bearer, key_owner
 from moonborn_site.api import json_response
+from moonborn_site.handlers import LeanChain, LeanRequest
 from moonborn_site.http import (
     ApiError,
     async_api_view,
@@ -25,6 +19,7 @@ from moonborn_site.http import (
     validate,
     wants_stream,
 )
+from moonborn_site.middleware import ServeWithDjango
 from moonborn_site.openapi import (
     IDEMPOTENCY_KEY,
     LAST_EVENT_ID,
@@ -35,31 +30,17 @@ from moonborn_site.openapi import (
     nothing_to_follow,
     on_disconnect_parameter,
 )
-from moonborn_site.throttle import api_refusal, caller, throttled
-from runs.asgi import (
-    ASGIApp,
-    LeanRequest,
-    Receive,
-    Scope,
-    Send,
-    SseStream,
-    body_limit,
-    read_body,
-    replaying,
-    send_response,
-    sse_asgi_headers,
-)
+from runs.asgi import SseStream
 from runs.db import db
-from runs.hub import InProcessHub, OnDisconnect, Slot, get_hub
+from runs.hub import InProcessHub, OnDisconnect, get_hub
 from runs.idempotency import claim_or_replay
 from runs.sse import sse_response
-from runs.streaming import cancel_owned, give_back, reserve_slot, resumable, serve_run, sse_frames, start_run
+from runs.streaming import cancel_owned, resumable, serve_run, sse_frames
 
 from . import services
-from .models import ChatSession, Message
-from .replies import generate_reply
+from .models import Message
 from .serializers import CHAT_EVENTS, MessageCreateSerializer, MessageSerializer, ReplySerializer, plain_message_content
-from .turns import get_turn_writer
+from .turns import reply_start
 from .views import message_json, reply_json
 
 
@@ -96,7 +77,8 @@ NOTHING_TO_FOLLOW = nothing_to_follow("reply", "GET …/messages/{message_id}")
         "(`idempotency_conflict`) or its first request is still being processed (`conflict`); without streaming, "
         "the reply was cancelled (`cancelled`).",
         502: "Without streaming: the model provider failed (`provider_error`).",
-        503: "The server is shutting down or could not start the run (`server_shutdown`, `service_unavailable`).",
+        503: "The server is shutting down, the database is not answering or the run could not start "
+        "(`server_shutdown`, `service_unavailable`).",
         504: "Without streaming: the model provider timed out (`provider_timeout`).",
     },
 )
@@ -110,156 +92,48 @@ async def message_create(request: HttpRequest, user: AbstractBaseUser, session_i
     claim = await claim_or_replay(request, user.pk, kind="chat", body={"session": session_id, **data})
     if isinstance(claim, str):
         return await _serve(hub, session_id, claim, user.pk, stream=stream, policy=policy, after=last_event_id(request))
-    slot = None
     try:
-        slot = await reserve_slot(hub, user.pk)
-        provider = get_provider()
-        job = await db(
-            services.message_create_turn,
-            owner_id=user.pk,
-            session_id=session_id,
-            content=data["content"],
-            provider=provider.name,
-            model=provider.model,
+        message_id = await reply_start(
+            owner_id=user.pk, session_id=session_id, content=data["content"], on_disconnect=policy
         )
-    except BaseException as exc:
-        if slot is not None:
-            await give_back(hub, slot)
+    except BaseException:
         if claim is not None:
             await claim.release()
-        if isinstance(exc, ChatSession.DoesNotExist):
-            raise ApiError(404, f"No chat session {session_id}.") from None
-        if isinstance(exc, services.ChatConflict):
-            raise ApiError(409, str(exc), code="conflict") from None
         raise
     if claim is not None:
-        await claim.bind(job.assistant_message_id)
-    await start_run(
-        hub,
-        job.assistant_message_id,
-        owner_id=user.pk,
-        flow=generate_reply(job, provider),
-        on_disconnect=policy,
-        slot=slot,
-    )
-    return await _serve(hub, session_id, job.assistant_message_id, user.pk, stream=stream, policy=policy)
+        await claim.bind(message_id)
+    return await _serve(hub, session_id, message_id, user.pk, stream=stream, policy=policy)
 
 
-# API key hash → its owner's id, for the concurrency check that comes before the turn's transaction (which
-# authenticates the key again: a revoked key is refused there). Bounded; a hash, never the key, is kept.
-_key_owners: OrderedDict[str, int] = OrderedDict()
-KEY_OWNERS_SIZE = 1024
-_key_lookups: dict[str, "asyncio.Future[int | None]"] = {}
+async def message_create_asgi(
+    request: LeanRequest, body: bytes, chain: LeanChain, *, session_id: str
+) -> SseStream | HttpResponseBase:
+    """`message_create` on ASGI directly, for a streamed reply asked for with an API key (moonborn_site.handlers).
 
-
-async def _key_owner(key: str) -> int | None:
-    """The owner of an active API key, from the cache or (one lookup for concurrent requests) the database."""
-    digest = hash_key(key)
-    owner_id = _key_owners.get(digest)
-    if owner_id is not None:
-        return owner_id
-    lookup = _key_lookups.get(digest)
-    if lookup is None:
-        lookup = _key_lookups[digest] = asyncio.ensure_future(db(_owner_id_for_key, key))
-        lookup.add_done_callback(lambda _: _key_lookups.pop(digest, None))
-    # Shielded: one waiter that is cancelled does not cancel the others' lookup.
-    owner_id = await asyncio.shield(lookup)
-    if owner_id is not None:
-        _key_owners[digest] = owner_id
-        while len(_key_owners) > KEY_OWNERS_SIZE:
-            _key_owners.popitem(last=False)
-    return owner_id
-
-
-def _owner_id_for_key(key: str) -> int | None:
-    user = user_for_key(key)
-    return None if user is None else int(user.pk)
-
-
-async def message_create_fast(scope: Scope, receive: Receive, send: Send, *, session_id: str, django: ASGIApp) -> None:
-    """`message_create` for a streamed reply requested with an API key, on ASGI directly (see runs.asgi).
-
-    One `db()` call authenticates the key and stores the turn. Whatever is not that case, and every error that
-    changes nothing (401, 400, 404, 409, 413, 429), is left to the Django view with the body replayed.
+    The same service as the view (`reply_start`); without an `HttpRequest`, a `StreamingHttpResponse` and their
+    thread hops, an open stream costs less memory and its start less CPU. Anything else (an idempotent retry, a
+    JSON caller, a key that is not an active one) is the view's: ServeWithDjango.
     """
-    stream = await _start_fast(scope, receive, send, session_id, django)
-    if stream is not None:
-        # Only the stream lives as long as the stream: the request's pieces were left in _start_fast (an open
-        # stream's memory counts by the thousand).
-        await stream.serve(receive, send)
-
-
-async def _start_fast(scope: Scope, receive: Receive, send: Send, session_id: str, django: ASGIApp) -> SseStream | None:
-    """Start the reply and return it ready to relay; None once answered otherwise."""
-    request = LeanRequest(scope)
-    scheme, _, key = request.headers.get(b"authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and key.strip():
-        # The same count as Django's ThrottleMiddleware, once: a request handed on to Django is not counted again.
-        scope["moonborn.counted"] = True
-        refusal = await api_refusal("POST", scope["path"], caller({"authorization": f"Bearer {key}"}, {}, ""))
-        if refusal is not None:
-            await send_response(request, throttled(refusal), send)
-            return None
-    limit = body_limit()
-    body, more = await read_body(receive, limit)
-    hub = get_hub()
-    started = None if more or len(body) > limit else await _fast_turn(request, body, session_id, hub)
-    if started is None:
-        await django(scope, replaying(body, more, receive), send)
-        return None
-    owner_id, job, provider, policy, slot = started
-    message_id = job.assistant_message_id
-    try:
-        await start_run(
-            hub, message_id, owner_id=owner_id, flow=generate_reply(job, provider), on_disconnect=policy, slot=slot
-        )
-    except ApiError as exc:  # the hub could not take the run (its rows are failed now): answer, nothing to retry
-        await send_response(request, exc.response(), send)
-        return None
-    return SseStream(hub, message_id, policy, sse_asgi_headers(request, location=_location(session_id, message_id)))
-
-
-async def _fast_turn(
-    request: LeanRequest, body: bytes, session_id: str, hub: InProcessHub
-) -> tuple[int, services.ReplyJob, Provider, OnDisconnect, Slot] | None:
-    """Store the turn of a well-formed streamed request: (owner id, job, provider, policy, the run's slot); None for
-    Django (with no slot kept)."""
     headers = request.headers
-    scheme, _, key = headers.get(b"authorization", "").partition(" ")
-    key = key.strip()
-    if b"idempotency-key" in headers or scheme.lower() != "bearer" or not key:
-        return None
-    if not request.host_allowed():
-        return None  # Django's API handler refuses the host (400) before anything is read or stored
+    key = bearer(headers.get(b"authorization"))
+    if request.scope["method"] != "POST" or not key or b"idempotency-key" in headers:
+        raise ServeWithDjango
     try:
         if not stream_wanted(request.query.get("stream"), headers.get(b"accept", "")):
-            return None
+            raise ServeWithDjango
         policy = disconnect_policy(request.query.get("on_disconnect"), OnDisconnect.CANCEL)
+        if policy is None:
+            raise ServeWithDjango
         data = parse_json_object(body)
         content = plain_message_content(data) or validate(MessageCreateSerializer, data)["content"]
-        owner_id = await _key_owner(key)
-        if owner_id is None or policy is None:
-            return None
-        slot = await reserve_slot(hub, owner_id)
-    except ApiError:
-        return None  # Django's view answers with the error body
-    try:
-        provider = get_provider()
-        made = await get_turn_writer().create(
-            services.TurnRequest(
-                key=key, session_id=session_id, content=content, provider=provider.name, model=provider.model
-            )
-        )
-    except BaseException as exc:
-        await give_back(hub, slot)
-        if isinstance(exc, ApiError | DatabaseError):
-            # Django's view answers: the error body, or the same turn again (a transient database error).
-            return None
-        raise
-    if not isinstance(made, tuple):
-        await give_back(hub, slot)
-        return None
-    return made[0], made[1], provider, policy, slot
+        owner_id = await key_owner(key)
+        if owner_id is None:
+            raise ServeWithDjango  # the view answers 401 as for every other request
+        message_id = await reply_start(owner_id=owner_id, session_id=session_id, content=content, on_disconnect=policy)
+    except ApiError as exc:
+        return exc.response()
+    location = _location(session_id, message_id)
+    return SseStream(get_hub(), message_id, policy, chain.sse_headers(request, location=location))
 
 
 async def _serve(

@@ -1,4 +1,6 @@
-"""Turns of concurrent streamed requests reach the database together: one transaction for all that are waiting.
+"""The one way to start a reply (`reply_start`), for the Django view and the ASGI fast path alike.
+
+Turns of concurrent requests reach the database together: one transaction for all that are waiting.
 
 A process asked for a thousand replies at once would otherwise run a thousand transactions, each in a worker
 thread of its own, contending for the database (SQLite has one writer at a time and backs off by sleeping). Here
@@ -11,9 +13,17 @@ import asyncio
 import logging
 from collections import deque
 
+from django.db import DatabaseError
+
+from llm.providers import get_provider
+from moonborn_site.http import ApiError
+from moonborn_site.state import process_state
 from runs.db import db, release_connections
+from runs.hub import OnDisconnect, get_hub
+from runs.streaming import give_back, reserve_slot, start_run
 
 from .models import ChatSession
+from .replies import generate_reply
 from .services import (
     ChatConflict,
     ReplyJob,
@@ -110,10 +120,10 @@ class TurnWriter:
                     future.set_exception(outcome)
             elif not future.done():
                 future.set_result(outcome)
-            elif isinstance(outcome, tuple):
+            elif isinstance(outcome, ReplyJob):
                 # Its request was cancelled while waiting (the server is stopping): no run will produce this
                 # reply, so it ends now, empty, instead of blocking its session as `streaming`.
-                await _abandon(outcome[1])
+                await _abandon(outcome)
 
 
 def _write(requests: list[TurnRequest]) -> list[TurnOutcome | BaseException]:
@@ -150,11 +160,39 @@ async def _abandon(job: ReplyJob) -> None:
         logger.exception("could not end the abandoned reply %s", job.assistant_message_id)
 
 
-_writer: TurnWriter | None = None
-
-
 def get_turn_writer() -> TurnWriter:
-    global _writer
-    if _writer is None:
-        _writer = TurnWriter()
-    return _writer
+    return process_state("chat.turn_writer", TurnWriter)
+
+
+async def reply_start(*, owner_id: int, session_id: str, content: str, on_disconnect: OnDisconnect) -> str:
+    """Start a reply to `content` in one of the owner's sessions; return the reply's id, which is its run's.
+
+    A run slot first (429 past the owner's limit, 503 while shutting down), then the turn, stored with the others
+    waiting (404, 409: nothing stored), then the run (503 if the hub cannot take it). Whatever refuses the request
+    leaves nothing behind: the slot goes back.
+    """
+    hub = get_hub()
+    slot = await reserve_slot(hub, owner_id)
+    try:
+        provider = get_provider()
+        request = TurnRequest(
+            owner_id=owner_id, session_id=session_id, content=content, provider=provider.name, model=provider.model
+        )
+        job = await get_turn_writer().create(request)
+    except BaseException as exc:
+        await give_back(hub, slot)
+        if isinstance(exc, DatabaseError):
+            error = ApiError(503, "The database is not answering; retry.", code="service_unavailable")
+            error.headers["Retry-After"] = "1"
+            raise error from None
+        raise
+    if isinstance(job, ChatSession.DoesNotExist):
+        await give_back(hub, slot)
+        raise ApiError(404, f"No chat session {session_id}.")
+    if isinstance(job, ChatConflict):
+        await give_back(hub, slot)
+        raise ApiError(409, str(job), code="conflict")
+    message_id = job.assistant_message_id
+    flow = generate_reply(job, provider)
+    await start_run(hub, message_id, owner_id=owner_id, flow=flow, on_disconnect=on_disconnect, slot=slot)
+    return message_id

@@ -57,7 +57,6 @@ _warm_up()
 
 
 # Imported once the apps are loaded (above).
-from chat.streams import message_create_fast  # noqa: E402
 from moonborn_site.edge import BodyCap  # noqa: E402
 from moonborn_site.handlers import ApiHandler, ByCredentials, PooledASGIHandler  # noqa: E402
 from runs.lifecycle import StreamGuard, recover_at_start  # noqa: E402
@@ -79,9 +78,7 @@ def _start_tier1_worker() -> None:
 _start_tier1_worker()
 
 # Bodies are capped before anything reads them (moonborn_site.edge).
-application = StreamGuard(
-    BodyCap(ByCredentials(PooledASGIHandler(), ApiHandler(), message_create_fast=message_create_fast))
-)
+application = StreamGuard(BodyCap(ByCredentials(PooledASGIHandler(), ApiHandler())))
 
 # What start-up loaded lives as long as the process: move it out of the collector's sight, so that full
 # collections (whose cost grows with the heap, thousands of open streams included) do not walk it again.

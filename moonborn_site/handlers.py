@@ -12,18 +12,32 @@ Two things Django's stock ASGI handler costs per request (bench/RESULTS.md compa
   session calls to the API) goes through the full `MIDDLEWARE`.
 """
 
-import re
+import logging
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from importlib import import_module
+from typing import Any, cast
+from urllib.parse import parse_qsl
 
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
+from django.core.signals import setting_changed
 from django.db import close_old_connections
+from django.dispatch import receiver
+from django.http import HttpResponseBase
+from django.http.request import split_domain_port, validate_host
+from django.urls import Resolver404, get_resolver
+from django.utils.module_loading import import_string
 
-from .middleware import API_PREFIX
+from runs.sse import SSE_CONTENT_TYPE, sse_headers
+
+from .middleware import API_PREFIX, ServeWithDjango
+from .state import forget, process_state
+
+logger = logging.getLogger(__name__)
 
 
 class _RequestThreads:
@@ -98,23 +112,164 @@ class ApiHandler(PooledASGIHandler):
             settings.MIDDLEWARE = full
 
 
-# POST /v1/chat/sessions/{id}/messages: the request that opens most streams, served by its fast path first.
-_CHAT_MESSAGES = re.compile(r"/v1/chat/sessions/([^/]+)/messages")
+class LeanRequest:
+    """What an ASGI view reads from an HTTP scope: query parameters and headers (first value of each)."""
+
+    __slots__ = ("scope", "query", "headers")
+
+    def __init__(self, scope: Any) -> None:
+        self.scope = scope
+        raw_query = scope.get("query_string", b"")
+        self.query: dict[str, str] = {}
+        if raw_query:
+            for name, value in parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True):
+                self.query.setdefault(name, value)
+        self.headers: dict[bytes, str] = {}
+        for name, value in scope["headers"]:
+            self.headers.setdefault(name.lower(), value.decode("latin-1"))
+
+    def is_secure(self) -> bool:
+        return bool(self.scope.get("scheme") == "https")
+
+    def host_allowed(self) -> bool:
+        """Whether Django's `get_host()` accepts this request's host: ALLOWED_HOSTS, or DEBUG's localhost names.
+
+        False too without a Host header: Django then takes the server's name, which is its to judge.
+        """
+        name = b"host"
+        if settings.USE_X_FORWARDED_HOST and b"x-forwarded-host" in self.headers:
+            name = b"x-forwarded-host"
+        elif name not in self.headers:
+            return False
+        # Django joins a repeated header's values with commas (which no allowed host matches): so here.
+        host = ",".join(value.decode("latin-1") for header, value in self.scope["headers"] if header.lower() == name)
+        allowed = settings.ALLOWED_HOSTS
+        if settings.DEBUG and not allowed:
+            allowed = [".localhost", "127.0.0.1", "[::1]"]
+        domain, _ = split_domain_port(host)
+        return bool(domain) and validate_host(domain, allowed)
+
+
+class LeanChain:
+    """`MOONBORN_API_MIDDLEWARE` for the requests served on ASGI directly, so that none of it can be skipped.
+
+    Each middleware there says what it does for such a request: `lean_request(request)` (a refusal, or None; or
+    ServeWithDjango) before the view, in the list's order; `lean_response(request, response)` on the way out, in
+    reverse. `build` returns None when one of them says neither: then Django's API handler serves everything.
+    """
+
+    def __init__(self, before: list[Callable[..., Any]], after: list[Callable[..., Any]]) -> None:
+        self.before = before
+        self.after = after
+        # The headers of an SSE response, but for its Location, for a plain and a secure request: built once each.
+        self.sse_templates: dict[bool, list[tuple[bytes, bytes]]] = {}
+
+    @classmethod
+    def build(cls) -> "LeanChain | None":
+        before: list[Callable[..., Any]] = []
+        after: list[Callable[..., Any]] = []
+        for path in settings.MOONBORN_API_MIDDLEWARE:
+            middleware = import_string(path)
+            if not hasattr(middleware, "lean_request") and not hasattr(middleware, "lean_response"):
+                logger.warning("%s has no lean hooks: Django's API handler serves every API request", path)
+                return None
+            if hasattr(middleware, "lean_request"):
+                before.append(middleware.lean_request)
+            if hasattr(middleware, "lean_response"):
+                after.insert(0, middleware.lean_response)
+        return cls(before, after)
+
+    async def refusal(self, request: LeanRequest) -> HttpResponseBase | None:
+        for hook in self.before:
+            refused = await hook(request)
+            if refused is not None:
+                return cast(HttpResponseBase, refused)
+        return None
+
+    def headers(self, request: LeanRequest, response: HttpResponseBase) -> list[tuple[bytes, bytes]]:
+        """The response's headers as Django's API handler would send them."""
+        for hook in self.after:
+            hook(request, response)
+        return [(name.encode("ascii"), value.encode("latin-1")) for name, value in response.items()]
+
+    def sse_headers(self, request: LeanRequest, *, location: str) -> list[tuple[bytes, bytes]]:
+        """The headers of `runs.sse.sse_response(…, location=location)` as Django's API handler would send them."""
+        secure = request.is_secure()
+        template = self.sse_templates.get(secure)
+        if template is None:
+            response = HttpResponseBase(content_type=SSE_CONTENT_TYPE)
+            sse_headers(response, location=_LOCATION)
+            template = self.sse_templates[secure] = self.headers(request, response)
+        marker, value = _LOCATION.encode("latin-1"), location.encode("latin-1")
+        return [(name, value if current == marker else current) for name, current in template]
+
+    async def send(self, request: LeanRequest, response: HttpResponseBase, send: Any) -> None:
+        """Send a complete (non-streaming) response."""
+        headers = self.headers(request, response)
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": response.content})  # type: ignore[attr-defined]
+
+
+_LOCATION = "\x00location\x00"
+
+
+def lean_chain() -> LeanChain | None:
+    return process_state("moonborn_site.lean_chain", LeanChain.build)
+
+
+@receiver(setting_changed)
+def _forget_chain(*, setting: str, **kwargs: Any) -> None:
+    if setting in {"MOONBORN_API_MIDDLEWARE", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS"}:
+        forget("moonborn_site.lean_chain")
+
+
+async def read_body(receive: Any, limit: int) -> tuple[bytes, bool]:
+    """Read the request body, stopping once it is past `limit` bytes: (what was read, whether more is to come).
+
+    A client that left before sending it all counts as more to come: the body is not whole.
+    """
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(parts), True
+        chunk = message.get("body", b"")
+        parts.append(chunk)
+        size += len(chunk)
+        more = bool(message.get("more_body", False))
+        if not more or size > limit:
+            return b"".join(parts), more
+
+
+def replaying(body: bytes, more: bool, receive: Any) -> Any:
+    """A `receive` that hands out the body already read, then what `receive` gives."""
+    pending: dict[str, Any] | None = {"type": "http.request", "body": body, "more_body": more}
+
+    async def replay() -> dict[str, Any]:
+        nonlocal pending
+        if pending is not None:
+            message, pending = pending, None
+            return message
+        return cast(dict[str, Any], await receive())
+
+    return replay
 
 
 class ByCredentials:
     """Send API-key requests under /v1/ to `api`, every other request to `full`.
 
-    An API-key request for a chat reply goes to its ASGI fast path (`chat.streams.message_create_fast`), which
-    hands whatever it does not serve itself to `api`.
+    An API-key request whose route has an ASGI view (`asgi_views` in the URLconf, by URL name) goes to it, through
+    the lean hooks of the API middleware (`LeanChain`): the view reads the request, calls the same service as the
+    Django view, and serves; what it does not serve itself goes to `api` with the body replayed.
     """
 
-    def __init__(self, full: Any, api: Any, *, message_create_fast: Any) -> None:
-        # Given by the application's composition (moonborn_site.asgi): the chat app depends on this module, not
-        # the other way round.
+    def __init__(self, full: Any, api: Any) -> None:
         self.full = full
         self.api = api
-        self.message_create_fast = message_create_fast if settings.MOONBORN_ASGI_FAST_PATH else None
+        self.views: dict[str, Any] = {}
+        if settings.MOONBORN_ASGI_FAST_PATH:
+            self.views = dict(getattr(import_module(settings.ROOT_URLCONF), "asgi_views", {}))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if (
@@ -122,14 +277,48 @@ class ByCredentials:
             and scope["path"].startswith(API_PREFIX)
             and any(name == b"authorization" for name, _ in scope["headers"])
         ):
-            if self.message_create_fast is not None and scope["method"] == "POST" and not scope.get("root_path"):
-                match = _CHAT_MESSAGES.fullmatch(scope["path"])
+            view = None
+            if self.views and not scope.get("root_path"):
+                try:
+                    match = get_resolver().resolve(scope["path"])
+                except Resolver404:
+                    match = None
                 if match is not None:
-                    await self.message_create_fast(scope, receive, send, session_id=match[1], django=self.api)
-                    return
-            await self.api(scope, receive, send)
+                    view = self.views.get(match.url_name or "")
+            if view is not None:
+                await self.lean(view, match.kwargs, scope, receive, send)  # type: ignore[union-attr]
+            else:
+                await self.api(scope, receive, send)
         else:
             await self.full(scope, receive, send)
+
+    async def lean(self, view: Any, kwargs: dict[str, Any], scope: Any, receive: Any, send: Any) -> None:
+        """Serve with an ASGI view: the chain's refusals, the body, the view; Django for what it leaves."""
+        chain = lean_chain()
+        if chain is None:
+            await self.api(scope, receive, send)
+            return
+        request = LeanRequest(scope)
+        body, more = b"", False
+        try:
+            refused = await chain.refusal(request)
+            if refused is not None:
+                await chain.send(request, refused, send)
+                return
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            limit = limit if limit is not None else 1 << 62
+            body, more = await read_body(receive, limit)
+            if more or len(body) > limit:
+                raise ServeWithDjango
+            served = await view(request, body, chain, **kwargs)
+        except ServeWithDjango:
+            await self.api(scope, replaying(body, more, receive), send)
+            return
+        if isinstance(served, HttpResponseBase):
+            await chain.send(request, served, send)
+        else:
+            del request, body  # only the stream lives as long as the stream (thousands are open at once)
+            await served.serve(receive, send)
 
 
 def release_request_thread() -> None:

@@ -2,6 +2,7 @@
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.exceptions import DisallowedHost
@@ -16,6 +17,10 @@ security_logger = logging.getLogger("django.security.DisallowedHost")
 
 API_PREFIX = "/v1/"
 HOST_REFUSED = "The Host header names a host this server does not serve."
+
+
+class ServeWithDjango(Exception):
+    """Raised by a lean hook or an ASGI view (moonborn_site.handlers): Django serves this request (body replayed)."""
 
 
 class ApiErrorMiddleware:
@@ -68,6 +73,12 @@ class ApiErrorMiddleware:
             return error_response(400, HOST_REFUSED)
         return None
 
+    @staticmethod
+    async def lean_request(request: Any) -> None:
+        """For a request served on ASGI directly: a host it does not serve is Django's to refuse (and log)."""
+        if not request.host_allowed():
+            raise ServeWithDjango
+
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
         if request.path.startswith(API_PREFIX):
             # The method and path are the client's text: escaped, so that a CR or LF in them forges no log line.
@@ -106,3 +117,8 @@ class InlineSecurityMiddleware(SecurityMiddleware):
         if response is None:
             response = await self.get_response(request)  # type: ignore[misc]
         return self.process_response(request, response)
+
+    @staticmethod
+    def lean_response(request: Any, response: HttpResponseBase) -> None:
+        """For a request served on ASGI directly: the same headers (`process_response` reads only `is_secure()`)."""
+        InlineSecurityMiddleware(lambda request: response).process_response(request, response)  # type: ignore[arg-type]

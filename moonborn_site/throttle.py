@@ -18,8 +18,11 @@ from django.contrib.auth.signals import user_login_failed
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
+from accounts.auth import bearer
+
 from .api import error_response
 from .middleware import API_PREFIX
+from .state import process_state
 
 logger = logging.getLogger(__name__)
 
@@ -95,23 +98,15 @@ class RedisCounters:
         return int(await self.redis.get(self._key(key)) or 0)
 
 
-_counters: Counters | None = None
+def _make_counters() -> Counters:
+    if settings.REDIS_URL:
+        return RedisCounters(settings.REDIS_URL, settings.MOONBORN_REDIS_PREFIX)
+    return LocalCounters()
 
 
 def get_counters() -> Counters:
     """The process's counters, built from settings on first use."""
-    global _counters
-    if _counters is None:
-        _counters = (
-            RedisCounters(settings.REDIS_URL, settings.MOONBORN_REDIS_PREFIX) if settings.REDIS_URL else LocalCounters()
-        )
-    return _counters
-
-
-def reset_counters() -> None:
-    """Forget every count (tests, and a settings change)."""
-    global _counters
-    _counters = None
+    return process_state("moonborn_site.throttle", _make_counters)
 
 
 @dataclass(frozen=True)
@@ -125,11 +120,11 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
-def caller(headers: dict[str, str], cookies: dict[str, str], address: str) -> str:
+def caller(authorization: str | None, cookies: dict[str, str], address: str) -> str:
     """Who a write is counted against: its API key, else its browser session, else its address."""
-    scheme, _, key = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and key.strip():
-        return "key:" + _digest(key.strip())
+    key = bearer(authorization)
+    if key:
+        return "key:" + _digest(key)
     session = cookies.get(settings.SESSION_COOKIE_NAME, "")
     if session:
         return "session:" + _digest(session)
@@ -233,14 +228,19 @@ class ThrottleMiddleware:
         if request.path.startswith(API_PREFIX):
             scope = getattr(request, "scope", {})
             if not scope.get("moonborn.counted"):
-                who = caller(
-                    {"authorization": request.headers.get("Authorization", "")},
-                    request.COOKIES,
-                    client_address(request.META),
-                )
+                who = caller(request.headers.get("Authorization"), request.COOKIES, client_address(request.META))
                 refusal = await api_refusal(request.method or "", request.path, who)
         elif request.method == "POST" and request.path in LOGIN_PATHS:
             refusal = await login_refusal(request)
         if refusal is not None:
             return _refused(request, refusal)
         return await self.get_response(request)
+
+    @staticmethod
+    async def lean_request(request: Any) -> HttpResponseBase | None:
+        """For a request served on ASGI directly: the same count, once (Django, if it serves it after all, does not
+        count it again)."""
+        request.scope["moonborn.counted"] = True
+        who = caller(request.headers.get(b"authorization"), {}, "")
+        refusal = await api_refusal(request.scope["method"], request.scope["path"], who)
+        return None if refusal is None else throttled(refusal)

@@ -32,6 +32,7 @@ api = [
     path(
         "chat/sessions/<str:session_id>/messages",
         by_method(get=chat_views.message_list, post=chat_streams.message_create),
+        name="chat-messages",
     ),
     path(
         "chat/sessions/<str:session_id>/messages/<str:message_id>",
@@ -47,6 +48,9 @@ api = [
     ),
     path("usage", by_method(get=usage_list)),
 ]
+
+# Routes whose API-key requests an ASGI view serves first, by URL name (moonborn_site.handlers.ByCredentials).
+asgi_views = {"chat-messages": chat_streams.message_create_asgi}
 
 urlpatterns = [
     path("", include("web.urls")),

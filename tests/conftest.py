@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from moonborn_site import state
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -250,3 +252,11 @@ def cluster_factory(databases: Databases, tmp_path_factory: pytest.TempPathFacto
 def server(server_factory: "object") -> LiveServer:
     """The default server: demo model, 5 ms a token, 24 tokens a reply."""
     return server_factory()  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state() -> Iterator[None]:
+    """Every test starts from the process state a server starts with (moonborn_site.state)."""
+    state.reset()
+    yield
+    state.reset()

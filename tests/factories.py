@@ -4,6 +4,7 @@ import factory
 from django.contrib.auth import get_user_model
 
 from chat.models import ChatSession, Message
+from chat.services import ReplyJob, TurnRequest, message_create_turns
 from personas.models import Persona
 
 
@@ -63,3 +64,13 @@ def calibrated_persona(*, anchors: list[str], samples: list[str] = (), **fields:
         calibration=calibrated.calibration,
         **fields,
     )
+
+
+def stored_turn(session: ChatSession, content: str = "Hello.") -> ReplyJob:
+    """The owner's turn in `session`, stored as a request stores it; its reply is left streaming."""
+    request = TurnRequest(
+        owner_id=session.owner_id, session_id=session.pk, content=content, provider="demo", model="demo"
+    )
+    (job,) = message_create_turns(requests=[request])
+    assert isinstance(job, ReplyJob), job
+    return job

@@ -10,7 +10,14 @@ from chat.drift import calibrate, centroid, hard_rule_hits, priors_for
 from chat.models import Message
 from chat.scoring import DRIFT_ALPHA, embed_replies, generic_vectors, pieces, register, score_tier0, tier0
 from personas.models import Persona
-from tests.factories import ChatSessionFactory, MessageFactory, PersonaFactory, UserFactory, calibrated_persona
+from tests.factories import (
+    ChatSessionFactory,
+    MessageFactory,
+    PersonaFactory,
+    UserFactory,
+    calibrated_persona,
+    stored_turn,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -95,9 +102,7 @@ def test_other_persona_centroids_are_the_owners_other_ready_personas() -> None:
     Persona.objects.filter(pk=foreign.pk).update(embedding_model="openai:text-embedding-3-small")
     # What a turn of Lady Marigold's carries for the bleed component.
     session = ChatSessionFactory(owner=owner, persona=lady)
-    raw = services.message_create_turn(
-        owner_id=owner.id, session_id=session.pk, content="Hello.", provider="demo", model="demo"
-    ).other_centroids
+    raw = stored_turn(session, "Hello.").other_centroids
     dim = tier0().dim
     rows = np.frombuffer(raw, dtype=np.float32).reshape(-1, dim)
     expected = centroid(np.frombuffer(bytes(zed.anchor_vectors), dtype=np.float32).reshape(-1, dim))
@@ -127,9 +132,7 @@ def test_a_persona_calibrated_with_another_embedder_is_calibrated_again_at_its_n
         embedding_model="sentence-transformers/all-MiniLM-L6-v2", anchor_vectors=b"\0" * 384 * 4, calibration={}
     )
     session = ChatSessionFactory(owner=persona.owner, persona=persona)
-    job = services.message_create_turn(
-        owner_id=persona.owner_id, session_id=session.pk, content="Hello.", provider="demo", model="demo"
-    )
+    job = stored_turn(session, "Hello.")
     stored = Persona.objects.get(pk=persona.pk)
     assert stored.embedding_model == tier0().model_id
     assert stored.calibration == fresh == job.voice.calibration

@@ -14,7 +14,7 @@ from chat.models import DriftJob, Message
 from chat.scoring import DRIFT_ALPHA
 from chat.scoring import tier1 as tier1_embedder
 from personas.models import Persona
-from tests.factories import ChatSessionFactory, UserFactory, calibrated_persona
+from tests.factories import ChatSessionFactory, UserFactory, calibrated_persona, stored_turn
 
 pytestmark = pytest.mark.django_db
 
@@ -38,9 +38,7 @@ def inline_db(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def turn(persona: Persona, content: str = "Tell me of the sea.") -> services.ReplyJob:
     session = ChatSessionFactory(persona=persona, owner=persona.owner)
-    return services.message_create_turn(
-        owner_id=persona.owner_id, session_id=session.pk, content=content, provider="demo", model="demo"
-    )
+    return stored_turn(session, content)
 
 
 def finish(job: services.ReplyJob, content: str) -> None:

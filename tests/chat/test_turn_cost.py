@@ -12,10 +12,9 @@ import factory
 import pytest
 from django.db import connection
 
-from accounts.services import api_key_create
 from chat.models import ChatSession, Message
-from chat.services import TurnRequest, message_create_turns
-from tests.factories import ChatSessionFactory, MessageFactory, calibrated_persona
+from chat.services import ReplyJob, TurnRequest, message_create_turns
+from tests.factories import ChatSessionFactory, MessageFactory, UserFactory, calibrated_persona
 
 pytestmark = pytest.mark.django_db
 
@@ -48,21 +47,23 @@ def talk(session: ChatSession, turns: int) -> None:
 
 
 def test_a_turn_in_a_long_conversation_visits_as_many_rows_as_in_a_short_one() -> None:
-    key_row, key = api_key_create(username="alice")
-    short, long = ChatSessionFactory(owner=key_row.owner), ChatSessionFactory(owner=key_row.owner)
+    owner = UserFactory()
+    short, long = ChatSessionFactory(owner=owner), ChatSessionFactory(owner=owner)
     talk(short, 20)
     talk(long, 2_000)
 
     def turn(session: ChatSession) -> int:
-        request = TurnRequest(session_id=session.pk, content="Go on.", provider="demo", model="demo", key=key)
+        request = TurnRequest(
+            owner_id=session.owner_id, session_id=session.pk, content="Go on.", provider="demo", model="demo"
+        )
         with counting_instructions() as counted:
             (outcome,) = message_create_turns(requests=[request])
-        assert isinstance(outcome, tuple)
-        assert outcome[1].turn == Message.objects.filter(session=session).count() // 2 - 1
-        Message.objects.filter(pk=outcome[1].assistant_message_id).update(status=Message.Status.COMPLETED)
+        assert isinstance(outcome, ReplyJob)
+        assert outcome.turn == Message.objects.filter(session=session).count() // 2 - 1
+        Message.objects.filter(pk=outcome.assistant_message_id).update(status=Message.Status.COMPLETED)
         return counted[0]
 
-    turn(short)  # the first turn of the process also writes the key's last use and fills caches
+    turn(short)  # the first turn of the process fills caches
     short_cost, long_cost = turn(short), turn(long)
     # The same statements over the same number of rows, give or take a level of B-tree: a scan of the long
     # conversation's 4,000 messages would add tens of thousands of instructions.
@@ -77,19 +78,20 @@ def test_a_batch_of_turns_reads_one_row_per_statement_however_many_turns_it_hold
     # loop to hand the GIL back: a batch's reads must not cost a row per turn (chat.services._TurnSql).
     from django.db.backends.sqlite3.base import SQLiteCursorWrapper
 
-    key_row, key = api_key_create(username="alice")
-    personas = [calibrated_persona(anchors=["Aye."], owner=key_row.owner) for _ in range(4)]
+    owner = UserFactory()
+    personas = [calibrated_persona(anchors=["Aye."], owner=owner) for _ in range(4)]
     sessions = [ChatSessionFactory(persona=personas[number % 4]) for number in range(25)]
     for session in sessions:
         talk(session, 3)
 
     def batch(part: list[ChatSession]) -> list[object]:
         requests = [
-            TurnRequest(session_id=s.pk, content="Go on.", provider="demo", model="demo", key=key) for s in part
+            TurnRequest(owner_id=s.owner_id, session_id=s.pk, content="Go on.", provider="demo", model="demo")
+            for s in part
         ]
         return list(message_create_turns(requests=requests))
 
-    batch(sessions[:5])  # the process's caches of the personas and centroids are filled, the key's last use written
+    batch(sessions[:5])  # the process's caches of the personas and centroids are filled
     fetched: list[int] = []
     for name in ("fetchone", "fetchmany", "fetchall"):
         real = getattr(SQLiteCursorWrapper, name)
@@ -101,17 +103,17 @@ def test_a_batch_of_turns_reads_one_row_per_statement_however_many_turns_it_hold
 
         monkeypatch.setattr(SQLiteCursorWrapper, name, counted)
     outcomes = batch(sessions[5:])
-    assert len([outcome for outcome in outcomes if isinstance(outcome, tuple)]) == 20
-    # The key, the sessions, their histories and the owner's other personas, in one row.
+    assert len([outcome for outcome in outcomes if isinstance(outcome, ReplyJob)]) == 20
+    # The sessions, their histories and the owner's other personas, in one row.
     assert fetched == [1]
 
 
 def test_a_batch_of_turns_runs_the_same_five_statements_whatever_its_size() -> None:
     # Each statement hands the GIL over at least once, and a statement SQLite has not prepared yet once more: a
     # batch's statements are few, and their texts do not depend on how many turns it holds, so the connection's
-    # cache of prepared statements serves every size (chat.services._TurnSql.in_list).
-    key_row, key = api_key_create(username="alice")
-    personas = [calibrated_persona(anchors=["Aye."], owner=key_row.owner) for _ in range(2)]
+    # cache of prepared statements serves every size (chat.turn_store.TurnSql.in_list).
+    owner = UserFactory()
+    personas = [calibrated_persona(anchors=["Aye."], owner=owner) for _ in range(2)]
     sessions = [ChatSessionFactory(persona=personas[number % 2]) for number in range(10)]
     for session in sessions:
         talk(session, 2)
@@ -124,18 +126,19 @@ def test_a_batch_of_turns_runs_the_same_five_statements_whatever_its_size() -> N
 
     def batch(part: list[ChatSession]) -> list[str]:
         requests = [
-            TurnRequest(session_id=s.pk, content="Go on.", provider="demo", model="demo", key=key) for s in part
+            TurnRequest(owner_id=s.owner_id, session_id=s.pk, content="Go on.", provider="demo", model="demo")
+            for s in part
         ]
         ran.clear()
         with connection.execute_wrapper(note):
             outcomes = message_create_turns(requests=requests)
-        assert all(isinstance(outcome, tuple) for outcome in outcomes)
+        assert all(isinstance(outcome, ReplyJob) for outcome in outcomes)
         return list(ran)
 
-    batch(sessions[:2])  # the key's last use is written, the personas' voices and centroids are cached
+    batch(sessions[:2])  # the personas' voices and centroids are cached
     three, five = batch(sessions[2:5]), batch(sessions[5:])
     assert [sql.split()[:3] for sql in three] == [
-        ["SELECT", "(SELECT", "json_group_array(json_array(k.key_hash,"],
+        ["SELECT", "(SELECT", "json_group_array(json_array(s.id,"],
         ["INSERT", "INTO", '"chat_message"'],
         ["INSERT", "INTO", '"chat_driftjob"'],
         ["INSERT", "INTO", '"accounts_usagerecord"'],

@@ -9,26 +9,25 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError
 
-from accounts.services import api_key_create
 from chat import turns
 from chat.models import ChatSession, Message
-from chat.services import ChatConflict, TurnOutcome, TurnRequest, message_create_turns
-from tests.factories import ChatSessionFactory
+from chat.services import ChatConflict, ReplyJob, TurnOutcome, TurnRequest, message_create_turns
+from tests.factories import ChatSessionFactory, UserFactory
 
 # The writer stores the turns in the database thread (runs.db), which needs real transactions.
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def ask(session_id: str, key: str, content: str = "Hello.") -> TurnRequest:
-    return TurnRequest(session_id=session_id, content=content, provider="demo", model="demo", key=key)
+def ask(session_id: str, owner_id: int, content: str = "Hello.") -> TurnRequest:
+    return TurnRequest(owner_id=owner_id, session_id=session_id, content=content, provider="demo", model="demo")
 
 
 @sync_to_async
-def setting() -> tuple[str, list[str], str]:
-    """An API key, three of its owner's sessions, and a session of someone else's."""
-    key_row, key = api_key_create(username="alice")
-    mine = [ChatSessionFactory(owner=key_row.owner, persona__owner=key_row.owner).pk for _ in range(3)]
-    return key, mine, ChatSessionFactory().pk
+def setting() -> tuple[int, list[str], str]:
+    """A user, three of their sessions, and a session of someone else's."""
+    owner = UserFactory()
+    mine = [ChatSessionFactory(owner=owner, persona__owner=owner).pk for _ in range(3)]
+    return owner.pk, mine, ChatSessionFactory().pk
 
 
 def counting_db_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -79,18 +78,11 @@ async def test_turns_that_wait_together_share_one_transaction_and_each_gets_its_
         writer.create(ask(second, key)),
         writer.create(ask(second, key, "Racing the one before.")),
         writer.create(ask(others, key)),
-        writer.create(ask(first, "mb_not_a_key")),
     )
-    assert [type(outcome).__name__ for outcome in outcomes] == [
-        "tuple",
-        "tuple",
-        "ChatConflict",
-        "DoesNotExist",
-        "NoneType",
-    ]
+    assert [type(outcome).__name__ for outcome in outcomes] == ["ReplyJob", "ReplyJob", "ChatConflict", "DoesNotExist"]
     assert isinstance(outcomes[2], ChatConflict) and isinstance(outcomes[3], ChatSession.DoesNotExist)
-    assert (writer.batches, writer.turns, calls) == (1, 5, ["_drain"])
-    replies = [outcome[1].assistant_message_id for outcome in outcomes if isinstance(outcome, tuple)]
+    assert (writer.batches, writer.turns, calls) == (1, 4, ["_drain"])
+    replies = [outcome.assistant_message_id for outcome in outcomes if isinstance(outcome, ReplyJob)]
     stored = await sync_to_async(lambda: sorted(Message.objects.filter(pk__in=replies).values_list("status")))()
     assert stored == [("streaming",), ("streaming",)]
 
@@ -108,7 +100,7 @@ async def test_turns_that_arrive_while_a_batch_is_stored_go_in_the_next_batch_of
     await asyncio.sleep(0)  # both are waiting now
     release.set()
     outcomes = await asyncio.gather(early, *later)
-    assert [outcome[1].session_id for outcome in outcomes if isinstance(outcome, tuple)] == [first, second, third]
+    assert [outcome.session_id for outcome in outcomes if isinstance(outcome, ReplyJob)] == [first, second, third]
     # Written by the call that was already in the database thread: no trip back to the event loop in between.
     assert (writer.batches, writer.turns, calls) == (2, 3, ["_drain"])
 
@@ -122,7 +114,7 @@ async def test_one_call_writes_a_bounded_number_of_batches_so_other_database_wor
     calls = counting_db_calls(monkeypatch)
     writer = turns.TurnWriter()
     outcomes = await asyncio.gather(*(writer.create(ask(session, key)) for session in sessions))
-    assert all(isinstance(outcome, tuple) for outcome in outcomes)
+    assert all(isinstance(outcome, ReplyJob) for outcome in outcomes)
     assert (writer.batches, writer.turns, calls) == (3, 3, ["_drain", "_drain"])
 
 
@@ -144,7 +136,7 @@ async def test_a_batch_that_fails_is_stored_one_turn_at_a_time_so_a_bad_turn_fai
         writer.create(ask(third, key)),
         return_exceptions=True,
     )
-    assert [type(outcome).__name__ for outcome in outcomes] == ["tuple", "DatabaseError", "tuple"]
+    assert [type(outcome).__name__ for outcome in outcomes] == ["ReplyJob", "DatabaseError", "ReplyJob"]
     assert await sync_to_async(Message.objects.filter(session_id=second).count)() == 0
     assert await sync_to_async(Message.objects.filter(session_id__in=[first, third]).count)() == 4
 
@@ -169,14 +161,14 @@ async def test_a_request_gone_while_its_turn_was_stored_has_its_reply_ended_empt
     )()
     assert reply == ("assistant", "cancelled", "", "Cancelled before the reply started.")
     # The session is not left blocked by a reply that nobody produces: its next turn is taken.
-    assert isinstance(await writer.create(ask(first, key, "Again.")), tuple)
-    assert isinstance(await writer.create(ask(second, key)), tuple)
+    assert isinstance(await writer.create(ask(first, key, "Again.")), ReplyJob)
+    assert isinstance(await writer.create(ask(second, key)), ReplyJob)
 
 
 async def test_a_writer_serves_requests_again_after_it_has_been_idle() -> None:
     key, (first, second, _), _ = await setting()
     writer = turns.TurnWriter()
-    assert isinstance(await writer.create(ask(first, key)), tuple)
+    assert isinstance(await writer.create(ask(first, key)), ReplyJob)
     await settled(writer)
-    assert isinstance(await writer.create(ask(second, key)), tuple)
+    assert isinstance(await writer.create(ask(second, key)), ReplyJob)
     assert (writer.batches, writer.turns) == (2, 2)

@@ -9,8 +9,8 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse
 from django.test import RequestFactory, override_settings
 
+from moonborn_site.handlers import LeanRequest
 from moonborn_site.middleware import ApiErrorMiddleware
-from runs.asgi import LeanRequest
 
 
 def test_an_unhandled_error_logs_the_requests_path_with_its_cr_and_lf_escaped(caplog: pytest.LogCaptureFixture) -> None:

@@ -52,7 +52,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(autouse=True)
 def one_minute(monkeypatch):
-    """Fresh counters, and a clock that stays in one rate window for the whole test."""
+    """A clock that stays in one rate window for the whole test (the counters are fresh: tests/conftest.py)."""
 
     class Clock:
         @staticmethod
@@ -60,9 +60,6 @@ def one_minute(monkeypatch):
             return 1_800_000_030.0
 
     monkeypatch.setattr(throttle, "time", Clock)
-    throttle.reset_counters()
-    yield
-    throttle.reset_counters()
 
 
 # -- safe defaults ----------------------------------------------------------------------------------
