@@ -12,6 +12,7 @@ import logging
 
 from django.conf import settings
 
+from moonborn_site.state import process_state
 from runs.db import db
 
 from .services import messages_progress
@@ -63,11 +64,5 @@ class ProgressWriter:
                 logger.exception("could not save the progress of %d streaming replies", len(self._replies))
 
 
-_writer: ProgressWriter | None = None
-
-
 def get_progress_writer() -> ProgressWriter:
-    global _writer
-    if _writer is None:
-        _writer = ProgressWriter(settings.MOONBORN_PROGRESS_FLUSH_SECONDS)
-    return _writer
+    return process_state("chat.progress_writer", lambda: ProgressWriter(settings.MOONBORN_PROGRESS_FLUSH_SECONDS))

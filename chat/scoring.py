@@ -27,7 +27,6 @@ import queue
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from django.conf import settings
 
 from llm.embeddings import Embedder, get_embedder
 from llm.static_embeddings import StaticEmbedder, get_static_embedder
+from moonborn_site.state import Lru, Stoppable, process_state
 
 from .drift import (
     Calibration,
@@ -127,7 +127,6 @@ def tier1() -> Embedder:
 
 
 # Embedder model id → its embedding of the generic-assistant texts.
-_generic: dict[str, npt.NDArray[np.float32]] = {}
 _generic_lock = threading.Lock()
 
 
@@ -137,10 +136,11 @@ def generic_vectors(embedder: Embedder) -> npt.NDArray[np.float32]:
     A full model takes ~15 s of CPU for them, so they are kept in ``MOONBORN_CACHE_DIR`` under a checksum of the
     model id and the texts: each process of a machine reads them instead of embedding them again.
     """
+    generic = process_state("chat.generic_vectors", dict[str, npt.NDArray[np.float32]])
     with _generic_lock:
-        found = _generic.get(embedder.model_id)
+        found = generic.get(embedder.model_id)
         if found is None:
-            found = _generic[embedder.model_id] = _cached_generic_vectors(embedder)
+            found = generic[embedder.model_id] = _cached_generic_vectors(embedder)
     return found
 
 
@@ -264,7 +264,7 @@ def score_tier0(
     )
 
 
-class Tier0Scorer:
+class Tier0Scorer(Stoppable):
     """Tier 0 of every reply of the process, one at a time, in a thread of its own.
 
     A reply costs ~0.2 ms of CPU for 100 tokens, all of it holding the GIL. On the loop, or in a thread that takes
@@ -278,7 +278,7 @@ class Tier0Scorer:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[
-            tuple[Callable[[], DriftResult], asyncio.AbstractEventLoop, asyncio.Future[DriftResult]]
+            tuple[Callable[[], DriftResult], asyncio.AbstractEventLoop, asyncio.Future[DriftResult]] | None
         ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -293,9 +293,15 @@ class Tier0Scorer:
         self._jobs.put((call, loop, future))
         return await future
 
+    def close(self) -> None:
+        self._jobs.put(None)
+
     def _run(self) -> None:
         while True:
-            call, loop, future = self._jobs.get()
+            job = self._jobs.get()
+            if job is None:
+                return
+            call, loop, future = job
             try:
                 result = call()
             except BaseException as exc:  # handed to the awaiting reply, which fails with it
@@ -316,9 +322,6 @@ def _settle(future: asyncio.Future[DriftResult], result: DriftResult | None, exc
         future.set_result(result)
 
 
-_tier0_scorer = Tier0Scorer()
-
-
 async def score_tier0_async(
     text: str, *, anchor_vectors: bytes, calibration: dict[str, Any], persona_name: str, other_centroids: bytes = b""
 ) -> DriftResult:
@@ -331,27 +334,27 @@ async def score_tier0_async(
         persona_name=persona_name,
         other_centroids=other_centroids,
     )
-    return await _tier0_scorer.score(call)
+    return await process_state("chat.tier0_scorer", Tier0Scorer).score(call)
 
 
 # (id of the calibration dict, anchor vectors, other centroids, dim) → (that dict, its scoring context). Replies of
 # one persona version share its calibration dict and vectors (chat.services.persona_voice), so they share the
 # context too: checking and summarising the persona's vectors costs more than scoring a reply. The entry keeps
 # the dict alive, so its id is not reused while cached.
-_contexts: OrderedDict[tuple[int, bytes, bytes, int], tuple[dict[str, Any], ScoringContext]] = OrderedDict()
-_contexts_lock = threading.Lock()
 CONTEXT_CACHE_SIZE = 256
+Context = tuple[dict[str, Any], ScoringContext]
 
 
 def _scoring_context(
     embedder: Embedder, anchor_vectors: bytes, calibration: dict[str, Any], other_centroids: bytes, dim: int
 ) -> ScoringContext:
     key = (id(calibration), anchor_vectors, other_centroids, dim)
-    with _contexts_lock:
-        cached = _contexts.get(key)
-        if cached is not None and cached[0] is calibration:
-            _contexts.move_to_end(key)
-            return cached[1]
+    contexts = process_state(
+        "chat.scoring_contexts", lambda: Lru[tuple[dict[str, Any], ScoringContext]](CONTEXT_CACHE_SIZE)
+    )
+    cached = contexts.get(key)
+    if cached is not None and cached[0] is calibration:
+        return cached[1]
     anchors = reference_matrix(anchor_vectors, dim)
     others = np.frombuffer(other_centroids, dtype=np.float32).reshape(-1, dim) if other_centroids else None
     context = scoring_context(
@@ -361,10 +364,7 @@ def _scoring_context(
         register=register(),
         other_centroids=others,
     )
-    with _contexts_lock:
-        _contexts[key] = (calibration, context)
-        while len(_contexts) > CONTEXT_CACHE_SIZE:
-            _contexts.popitem(last=False)
+    contexts.put(key, (calibration, context))
     return context
 
 

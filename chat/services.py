@@ -1,7 +1,5 @@
 """Writes for chat sessions and messages."""
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +11,7 @@ from django.utils import timezone
 
 from accounts.models import UsageRecord
 from moonborn_site.ids import new_message_id
+from moonborn_site.state import Lru, process_state
 from personas.models import Persona, PersonaStep
 
 from .drift import CALIBRATION_VERSION, centroid
@@ -76,22 +75,19 @@ class ReplyJob:
     other_centroids: bytes = b""
 
 
-# (persona id, updated_at) → its voice, most recently used last. Every write to a persona sets updated_at, so a
-# changed persona is read again; concurrent replies of one persona share one copy of its vectors and calibration
-# instead of each decoding and holding its own (~20 KiB a reply).
-_voices: OrderedDict[tuple[str, datetime], PersonaVoice] = OrderedDict()
-_voices_lock = threading.Lock()
+# (persona id, updated_at) → its voice. Every write to a persona sets updated_at, so a changed persona is read
+# again; concurrent replies of one persona share one copy of its vectors and calibration instead of each decoding
+# and holding its own (~20 KiB a reply).
 VOICE_CACHE_SIZE = 256
 
 
 def persona_voice(*, persona_id: str, updated_at: datetime) -> PersonaVoice:
     """The voice of this version of the persona, from the process cache or the database."""
     key = (persona_id, updated_at)
-    with _voices_lock:
-        voice = _voices.get(key)
-        if voice is not None:
-            _voices.move_to_end(key)
-            return voice
+    voices = process_state("chat.voices", lambda: Lru[PersonaVoice](VOICE_CACHE_SIZE))
+    voice = voices.get(key)
+    if voice is not None:
+        return voice
     row = Persona.objects.filter(pk=persona_id).values(
         "name",
         "card",
@@ -137,10 +133,7 @@ def persona_voice(*, persona_id: str, updated_at: datetime) -> PersonaVoice:
         calibration=row["calibration"],
         embedding_model=row["embedding_model"],
     )
-    with _voices_lock:
-        _voices[key] = voice
-        while len(_voices) > VOICE_CACHE_SIZE:
-            _voices.popitem(last=False)
+    voices.put(key, voice)
     return voice
 
 
@@ -246,44 +239,36 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
 
 # (persona id, updated_at) → the centroid of its anchor vectors (None: it has none), for the bleed component of
 # its owner's other personas' replies. Every write to a persona sets updated_at.
-_centroids: OrderedDict[tuple[str, Any], "np.ndarray | None"] = OrderedDict()
-_centroids_lock = threading.Lock()
 CENTROID_CACHE_SIZE = 4096
+# The centroid of a persona without anchor vectors (cached like the others: it is not read again).
+_NO_CENTROID = np.empty(0, dtype=np.float32)
 
 
 def _stacked_centroids(personas: list[tuple[str, Any]]) -> bytes:
     """Anchor centroids of these personas, in order, as float32 rows (b"" if none or of mixed sizes)."""
     if not personas:
         return b""
-    found: dict[str, np.ndarray | None] = {}
-    missing = []
-    with _centroids_lock:
-        for persona_id, version in personas:
-            key = (persona_id, version)
-            if key in _centroids:
-                _centroids.move_to_end(key)
-                found[persona_id] = _centroids[key]
-            else:
-                missing.append(key)
+    cache = process_state("chat.centroids", lambda: Lru[np.ndarray](CENTROID_CACHE_SIZE))
+    found = {persona_id: cache.get((persona_id, version)) for persona_id, version in personas}
+    missing = [persona_id for persona_id, centroid in found.items() if centroid is None]
     if missing:
-        rows = Persona.objects.filter(pk__in=[pid for pid, _ in missing]).values_list("id", "anchor_vectors")
+        rows = Persona.objects.filter(pk__in=missing).values_list("id", "anchor_vectors")
         dim = tier0().dim
         loaded = {pid: _anchor_centroid(bytes(raw), dim) for pid, raw in rows}
-        with _centroids_lock:
-            for key in missing:
-                found[key[0]] = _centroids[key] = loaded.get(key[0])
-            while len(_centroids) > CENTROID_CACHE_SIZE:
-                _centroids.popitem(last=False)
-    centroids = [c for c in (found[pid] for pid, _ in personas) if c is not None]
+        for persona_id, version in personas:
+            if found[persona_id] is None:
+                found[persona_id] = centroid = loaded.get(persona_id, _NO_CENTROID)
+                cache.put((persona_id, version), centroid)
+    centroids = [c for c in (found[pid] for pid, _ in personas) if c is not None and c.size]
     if not centroids or len({c.size for c in centroids}) != 1:
         return b""
     return np.stack(centroids).tobytes()
 
 
-def _anchor_centroid(raw: bytes, dim: int) -> "np.ndarray | None":
+def _anchor_centroid(raw: bytes, dim: int) -> np.ndarray:
     vectors = np.frombuffer(raw, dtype=np.float32)
     if not raw or vectors.size % dim:
-        return None
+        return _NO_CENTROID
     return centroid(vectors.reshape(-1, dim)).astype(np.float32)
 
 

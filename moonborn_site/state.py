@@ -8,10 +8,13 @@ database's worker thread (`runs.db`, the home of SQLite's one connection) and th
 """
 
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T")
+V = TypeVar("V")
+
 
 _made: dict[str, Any] = {}
 _lock = threading.Lock()
@@ -31,10 +34,48 @@ def process_state(name: str, make: Callable[[], T]) -> T:
 def forget(name: str) -> None:
     """Drop one part (a setting it was made from changed): the next `process_state(name, …)` makes it again."""
     with _lock:
-        _made.pop(name, None)
+        _close(_made.pop(name, None))
 
 
 def reset() -> None:
-    """Drop every part: the next use of each makes it again."""
+    """Drop every part (closing those that hold a thread): the next use of each makes it again."""
     with _lock:
+        parts = list(_made.values())
         _made.clear()
+    for part in parts:
+        _close(part)
+
+
+def _close(part: Any) -> None:
+    if isinstance(part, Stoppable):
+        part.close()
+
+
+class Stoppable:
+    """A part that holds a thread or a connection: `reset` closes it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Lru(Generic[V]):
+    """A map of at most `size` entries, the least recently used dropped first; shared by threads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)

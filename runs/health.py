@@ -12,14 +12,17 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
 from moonborn_site.logtext import loggable
+from moonborn_site.state import process_state
 
 from .db import db
 from .hub import get_hub
 
 logger = logging.getLogger(__name__)
 
-# Check → the exception class of its failure last logged: a load balancer probes every few seconds.
-_failing: dict[str, str] = {}
+
+def _failing() -> dict[str, str]:
+    """Check → the exception class of its failure last logged: a load balancer probes every few seconds."""
+    return process_state("runs.health.failing", dict[str, str])
 
 
 def _database_ok() -> None:
@@ -30,14 +33,14 @@ def _database_ok() -> None:
 def _failed(check: str, exc: Exception) -> str:
     """Log a check's failure when it begins (or its kind changes); the staff answer's value for it."""
     kind = type(exc).__name__
-    if _failing.get(check) != kind:
-        _failing[check] = kind
+    if _failing().get(check) != kind:
+        _failing()[check] = kind
         logger.error("health check %s failed: %s: %s", check, kind, loggable(str(exc)))
     return f"error: {kind}"
 
 
 def _passed(check: str, state: str) -> str:
-    if _failing.pop(check, None) is not None:
+    if _failing().pop(check, None) is not None:
         logger.warning("health check %s: %s again", check, state)
     return state
 

@@ -21,6 +21,7 @@ from accounts.services import (
     idempotency_resource,
 )
 from moonborn_site.http import ApiError
+from moonborn_site.state import process_state
 
 from .db import db
 
@@ -32,27 +33,34 @@ WAIT_SECONDS = 10.0
 # Keys past their window (IDEMPOTENCY_TTL) are deleted by a request that stores a new key, at most this often per
 # process: one indexed DELETE a minute keeps the table to a day of keys, whatever the traffic.
 PURGE_INTERVAL_SECONDS = 60.0
-_next_purge = 0.0
-_purge_lock = threading.Lock()
+
+
+class PurgeClock:
+    """Whether this process's next purge of expired keys is due (then the one after is an interval away)."""
+
+    def __init__(self) -> None:
+        self.next = 0.0
+        self.lock = threading.Lock()
+
+    def due(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            if now < self.next:
+                return False
+            self.next = now + PURGE_INTERVAL_SECONDS
+            return True
 
 
 def _claim(*, owner_id: int, key: str, kind: str, request_hash: str) -> tuple[IdempotencyKey, bool]:
     """`idempotency_claim`, and when it stored a new key, the purge if one is due (in the same database call: the
     request has no further await at which a cancel could leave its claim unreleased)."""
-    global _next_purge
     row, first = idempotency_claim(owner_id=owner_id, key=key, kind=kind, request_hash=request_hash)
-    if first:
-        with _purge_lock:
-            now = time.monotonic()
-            due = now >= _next_purge
-            if due:
-                _next_purge = now + PURGE_INTERVAL_SECONDS
-        if due:
-            try:
-                idempotency_keys_purge()
-            except DatabaseError:
-                # The request is served all the same; the next purge is a minute away.
-                logger.exception("could not delete the expired idempotency keys")
+    if first and process_state("runs.idempotency.purges", PurgeClock).due():
+        try:
+            idempotency_keys_purge()
+        except DatabaseError:
+            # The request is served all the same; the next purge is a minute away.
+            logger.exception("could not delete the expired idempotency keys")
     return row, first
 
 

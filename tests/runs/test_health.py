@@ -53,7 +53,6 @@ def test_a_failed_check_is_named_without_its_exception_and_logged_once(
         database_ok()
 
     monkeypatch.setattr(health, "_database_ok", database)
-    monkeypatch.setattr(health, "_failing", {})
     staff = signed_in(is_staff=True)
     with caplog.at_level(logging.WARNING, logger="runs.health"):
         public = [Client().get("/healthz") for _ in range(3)]

@@ -8,6 +8,7 @@ from django.test import RequestFactory
 from django.utils import timezone
 
 from accounts.models import IdempotencyKey
+from moonborn_site.state import process_state
 from runs import idempotency
 from runs.idempotency import Claim, claim_or_replay
 from tests.factories import UserFactory
@@ -45,7 +46,8 @@ async def test_keys_past_their_window_are_purged_and_an_expired_key_is_a_new_req
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     owner = await sync_to_async(UserFactory)()
-    monkeypatch.setattr(idempotency, "_next_purge", float("inf"))
+    purges = process_state("runs.idempotency.purges", idempotency.PurgeClock)
+    purges.next = float("inf")
     for key in ("fresh", "old"):
         first = await claim(owner.pk, key)
         assert isinstance(first, Claim)
@@ -54,7 +56,7 @@ async def test_keys_past_their_window_are_purged_and_an_expired_key_is_a_new_req
     await expired_row(owner.pk, "gone")
 
     # Within its window a key replays; nothing is stored, so nothing is purged.
-    monkeypatch.setattr(idempotency, "_next_purge", 0.0)
+    purges.next = 0.0
     assert await claim(owner.pk, "fresh") == "msg_fresh"
     assert await rows() == [("fresh", "msg_fresh"), ("gone", "msg_x"), ("old", "msg_old")]
 
