@@ -26,7 +26,7 @@ from django.http.request import split_domain_port, validate_host
 from moonborn_site.handlers import release_request_thread
 from moonborn_site.middleware import InlineSecurityMiddleware
 
-from .hub import Departure, InProcessHub, OnDisconnect
+from .hub import Departure, Hub, OnDisconnect
 from .sse import RETRY, SSE_CONTENT_TYPE, sse_headers
 
 Scope = MutableMapping[str, Any]
@@ -198,16 +198,14 @@ class SseStream:
 
     __slots__ = ("hub", "run_id", "on_disconnect", "headers")
 
-    def __init__(
-        self, hub: InProcessHub, run_id: str, on_disconnect: OnDisconnect, headers: list[tuple[bytes, bytes]]
-    ) -> None:
+    def __init__(self, hub: Hub, run_id: str, on_disconnect: OnDisconnect, headers: list[tuple[bytes, bytes]]) -> None:
         self.hub = hub
         self.run_id = run_id
         self.on_disconnect = on_disconnect
         self.headers: list[tuple[bytes, bytes]] | None = headers
 
     async def serve(self, receive: Receive, send: Send) -> None:
-        """Send a 200 with the headers, then `retry:` and the run's frames until its end (`InProcessHub.relay`).
+        """Send a 200 with the headers, then `retry:` and the run's frames until its end (`Hub.relay`).
 
         A small task listens for the client's disconnect and sets the departure: the follower then leaves its run
         at once, and the run follows its `on_disconnect` policy. A write that stays blocked is the watchdog's
