@@ -32,7 +32,7 @@ from moonborn_site.openapi import (
 )
 from runs.asgi import SseStream
 from runs.db import db
-from runs.hub import InProcessHub, OnDisconnect, get_hub
+from runs.hub import Hub, OnDisconnect, get_hub
 from runs.idempotency import claim_or_replay
 from runs.sse import sse_response
 from runs.streaming import cancel_owned, resumable, serve_run, sse_frames
@@ -137,7 +137,7 @@ async def message_create_asgi(
 
 
 async def _serve(
-    hub: InProcessHub,
+    hub: Hub,
     session_id: str,
     message_id: str,
     owner_id: int,

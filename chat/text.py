@@ -28,8 +28,3 @@ class ReplyText:
         """Everything appended so far, from byte offset `start` (the end of an earlier `text()`, or 0)."""
         with memoryview(self._utf8) as view:
             return str(view[start:], "utf-8", "surrogatepass")
-
-    @staticmethod
-    def measure(text: str) -> int:
-        """How many bytes `text` takes here."""
-        return len(text.encode("utf-8", "surrogatepass"))

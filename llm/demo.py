@@ -1438,13 +1438,9 @@ def _int(value: Any) -> int:
         return 0
 
 
-def chat_reply(context: Mapping[str, Any], n_tokens: int) -> list[str]:
-    """Write a reply of exactly `n_tokens` word-sized deltas in the persona's own voice."""
-    return list(iter_chat_reply(context, n_tokens))
-
-
 def iter_chat_reply(context: Mapping[str, Any], n_tokens: int) -> Iterator[str]:
-    """The deltas of :func:`chat_reply`, made as they are taken (a long reply is never held whole)."""
+    """A reply of exactly `n_tokens` word-sized deltas in the persona's own voice, made as they are taken (a long
+    reply is never held whole)."""
     reply = _Reply(context)
     made = 0
     i = 0

@@ -26,7 +26,7 @@ from moonborn_site.openapi import (
     on_disconnect_parameter,
 )
 from runs.db import db
-from runs.hub import InProcessHub, OnDisconnect, get_hub
+from runs.hub import Hub, OnDisconnect, get_hub
 from runs.idempotency import claim_or_replay
 from runs.sse import sse_response
 from runs.streaming import cancel_owned, give_back, reserve_slot, resumable, serve_run, sse_frames, start_run
@@ -113,7 +113,7 @@ async def persona_create(request: HttpRequest, user: AbstractBaseUser) -> HttpRe
 
 
 async def _serve(
-    hub: InProcessHub, persona_id: str, owner_id: int, *, stream: bool, policy: OnDisconnect, after: int | None = None
+    hub: Hub, persona_id: str, owner_id: int, *, stream: bool, policy: OnDisconnect, after: int | None = None
 ) -> HttpResponseBase:
     return await serve_run(
         hub,

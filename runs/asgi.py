@@ -16,7 +16,7 @@ from typing import Any
 
 from moonborn_site.handlers import release_request_thread
 
-from .hub import Departure, InProcessHub, OnDisconnect
+from .hub import Departure, Hub, OnDisconnect
 from .sse import RETRY
 
 Scope = MutableMapping[str, Any]
@@ -31,7 +31,7 @@ class GuardedSend:
 
     A write to a stream that stays blocked past the write timeout gets the task waiting on it cancelled by the
     guard's watchdog. `start` is the server's own `send`, for writes begun in another task than the stream's
-    (`runs.hub.InProcessHub.relay`); the stream's task awaits their rest with `finish`, timed like its own.
+    (`Hub.relay`); the stream's task awaits their rest with `finish`, timed like its own.
     """
 
     __slots__ = ("start", "blocked", "loop", "is_stream")
@@ -74,16 +74,14 @@ class SseStream:
 
     __slots__ = ("hub", "run_id", "on_disconnect", "headers")
 
-    def __init__(
-        self, hub: InProcessHub, run_id: str, on_disconnect: OnDisconnect, headers: list[tuple[bytes, bytes]]
-    ) -> None:
+    def __init__(self, hub: Hub, run_id: str, on_disconnect: OnDisconnect, headers: list[tuple[bytes, bytes]]) -> None:
         self.hub = hub
         self.run_id = run_id
         self.on_disconnect = on_disconnect
         self.headers: list[tuple[bytes, bytes]] | None = headers
 
     async def serve(self, receive: Receive, send: Send) -> None:
-        """Send a 200 with the headers, then `retry:` and the run's frames until its end (`InProcessHub.relay`).
+        """Send a 200 with the headers, then `retry:` and the run's frames until its end (`Hub.relay`).
 
         A small task listens for the client's disconnect and sets the departure: the follower then leaves its run
         at once, and the run follows its `on_disconnect` policy. A write that stays blocked is the watchdog's

@@ -17,10 +17,12 @@ from bisect import bisect_right
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from django.conf import settings
 from django.utils.module_loading import import_string
+
+from moonborn_site.state import process_state
 
 from .events import Event, RunError, error_event
 from .sse import HEARTBEAT, encode_event
@@ -270,8 +272,119 @@ class _Run:
         return RunInfo(self.owner_id, self.done, len(self.ends), self.terminal)
 
 
+class _Follower:
+    """One follower of a run: its place in the run, the heartbeat its client is owed, its leaving. `follow` and
+    `relay` each drive one: they send what `to_send` answers, `wait` while it answers nothing, `leave` at the end."""
+
+    __slots__ = ("hub", "run", "policy", "position", "loop", "heartbeat_at", "for_shutdown")
+
+    def __init__(self, hub: "InProcessHub", run: _Run, policy: OnDisconnect, after: int) -> None:
+        self.hub = hub
+        self.run = run
+        self.policy = policy
+        self.position = max(0, after)
+        self.loop = asyncio.get_running_loop()
+        self.heartbeat_at = self.loop.time() + hub.heartbeat_seconds
+        # Released by the server's shutdown: not a disconnect, the run goes on whatever the policy.
+        self.for_shutdown = False
+
+    def to_send(self) -> bytes | None:
+        """What the client gets now: the frames after the position, joined up to WRITE_LIMIT (each keeps its id), or
+        the `server_shutdown` frame (then None); b"" while there is nothing yet (then `wait`); None at the run's end."""
+        run = self.run
+        if self.for_shutdown:
+            return None
+        if self.position < run.count:
+            chunk, self.position = run.frames_after(self.position)
+            return chunk
+        if run.done:
+            return None
+        if self.hub.shutting_down:
+            self.for_shutdown = True
+            return shutdown_frame(self.position)
+        return b""
+
+    def sent(self) -> None:
+        """The client got a write: its next heartbeat is owed a period from now."""
+        self.heartbeat_at = self.loop.time() + self.hub.heartbeat_seconds
+
+    async def wait(self, pusher: _Pusher | None = None) -> bool:
+        """Wait for the next event or the shutdown (False) or until a heartbeat is owed (True). As a `pusher`, the
+        follower gets the new events written by the producer meanwhile."""
+        run, hub = self.run, self.hub
+        waiter: asyncio.Future[bool] = self.loop.create_future()
+        if pusher is None:
+            run.waiters.append(waiter)
+        else:
+            pusher.waiter = waiter
+            pusher.position = self.position
+            run.pushers.append(pusher)
+        hub._sleeping[waiter] = self.heartbeat_at
+        hub._start_ticker(self.loop)
+        try:
+            return await waiter
+        finally:
+            # A push moves the heartbeat owed (`_Pusher.push`): the next one is owed from the producer's last write.
+            self.heartbeat_at = hub._sleeping.pop(waiter, self.heartbeat_at)
+            if pusher is not None:
+                pusher.waiter = None
+                if pusher in run.pushers:
+                    run.pushers.remove(pusher)
+                self.position = pusher.position
+
+    def leave(self) -> None:
+        """Stop following: leaving before the run's end, but for the shutdown, is a disconnect (`on_disconnect`)."""
+        self.hub._left(self.run, self.policy, cancel_if_last=not self.run.done and not self.for_shutdown)
+
+
+class Hub(Protocol):
+    """What callers use of a run hub (`get_hub`'s): `InProcessHub` or a subclass (`runs.redis_hub.RedisHub`)."""
+
+    shared: bool
+    shutting_down: bool
+
+    @classmethod
+    def from_settings(cls) -> "Hub": ...
+    async def ping(self) -> None: ...
+    async def aclose(self) -> None: ...
+    async def reserve(self, owner_id: int, *, limit: int) -> Slot | None: ...
+    async def release(self, slot: Slot) -> None: ...
+    async def start(
+        self,
+        run_id: str,
+        *,
+        owner_id: int,
+        flow: AsyncIterator[Event],
+        on_disconnect: OnDisconnect,
+        slot: Slot | None = None,
+    ) -> None: ...
+    async def info(self, run_id: str) -> RunInfo | None: ...
+    def follow(
+        self, run_id: str, *, after: int = 0, on_disconnect: OnDisconnect | None = None
+    ) -> AsyncGenerator[bytes, None]: ...
+    async def relay(
+        self,
+        run_id: str,
+        *,
+        write: Write,
+        start_write: StartWrite,
+        finish_write: Callable[[Awaitable[None]], Awaitable[None]],
+        after: int = 0,
+        on_disconnect: OnDisconnect | None = None,
+        departure: Departure | None = None,
+        first: bytes = b"",
+    ) -> None: ...
+    async def cancel(self, run_id: str, *, wait: float = 5.0) -> bool: ...
+    async def wait(self, run_id: str) -> None: ...
+    def local_run_ids(self) -> set[str]: ...
+    async def is_alive(self, run_id: str) -> bool: ...
+    async def abandon(self, run_id: str, owner_id: int, message: str) -> None: ...
+    def begin_shutdown(self) -> None: ...
+    async def drain(self, within: float) -> None: ...
+
+
 class InProcessHub:
-    """The embedded default: runs and their logs live in this process's memory."""
+    """The embedded default `Hub`: runs and their logs live in this process's memory."""
 
     # Whether other processes produce runs through this hub (then a reaper must watch for dead ones).
     shared = False
@@ -424,11 +537,7 @@ class InProcessHub:
         return self._runs.get(run_id)
 
     async def follow(
-        self,
-        run_id: str,
-        *,
-        after: int = 0,
-        on_disconnect: OnDisconnect | None = None,
+        self, run_id: str, *, after: int = 0, on_disconnect: OnDisconnect | None = None
     ) -> AsyncGenerator[bytes, None]:
         """Yield the run's frames after id `after`, then live ones, joined when several are ready.
 
@@ -437,33 +546,17 @@ class InProcessHub:
         when its policy is `cancel` and no other follower is left. When the server shuts down, the follower gets a
         `server_shutdown` error (the run goes on) and ends.
         """
-        run, policy = await self._join(run_id, on_disconnect)
-        position = max(0, after)
-        leaving_for_shutdown = False
-        loop = asyncio.get_running_loop()
-        heartbeat_at = loop.time() + self.heartbeat_seconds
+        follower = await self._join(run_id, after, on_disconnect)
         try:
-            while True:
-                if position < run.count:
-                    # The frames already waiting go out in one write (each event keeps its own id).
-                    chunk, position = run.frames_after(position)
-                    yield chunk
-                    heartbeat_at = loop.time() + self.heartbeat_seconds
-                    continue
-                if run.done:
-                    return
-                if self.shutting_down:
-                    leaving_for_shutdown = True
-                    yield shutdown_frame(position)
-                    return
-                waiter: asyncio.Future[bool] = loop.create_future()
-                run.waiters.append(waiter)
-                heartbeat, _ = await self._wait(waiter, heartbeat_at)
-                if heartbeat:
-                    yield HEARTBEAT
-                    heartbeat_at = loop.time() + self.heartbeat_seconds
+            while (chunk := follower.to_send()) is not None:
+                if not chunk:
+                    if not await follower.wait():
+                        continue
+                    chunk = HEARTBEAT
+                yield chunk
+                follower.sent()
         finally:
-            self._left(run, policy, cancel_if_last=not run.done and not leaving_for_shutdown)
+            follower.leave()
 
     async def relay(
         self,
@@ -485,81 +578,45 @@ class InProcessHub:
         writes; `finish_write` awaits a write that the producer began and that suspended (a slow client).
         Leaving, cancellation and shutdown are as for `follow`.
         """
-        run, policy = await self._join(run_id, on_disconnect)
-        position = max(0, after)
-        leaving_for_shutdown = False
-        loop = asyncio.get_running_loop()
-        heartbeat_at = loop.time() + self.heartbeat_seconds
+        follower = await self._join(run_id, after, on_disconnect)
         pusher = _Pusher(start_write, self._sleeping, self.heartbeat_seconds)
         if departure is not None:
             departure._wake = pusher.wake
         try:
-            while True:
-                if departure is not None and departure.left:
-                    return
-                if position < run.count:
-                    chunk, position = run.frames_after(position)
-                    await write(first + chunk if first else chunk)
-                    first = b""
-                    heartbeat_at = loop.time() + self.heartbeat_seconds
-                    continue
-                if run.done:
-                    return
-                if self.shutting_down:
-                    leaving_for_shutdown = True
-                    await write(first + shutdown_frame(position))
-                    return
-                if first:
-                    # Nothing to send yet (a resume of a quiet run): open the stream now, not at the next event.
-                    await write(first)
-                    first = b""
-                    heartbeat_at = loop.time() + self.heartbeat_seconds
-                    continue
-                pusher.waiter = waiter = loop.create_future()
-                pusher.position = position
-                run.pushers.append(pusher)
-                try:
-                    # Each push moved the heartbeat owed: the next one is owed from the last write.
-                    heartbeat, heartbeat_at = await self._wait(waiter, heartbeat_at)
-                finally:
-                    pusher.waiter = None
-                    if pusher in run.pushers:
-                        run.pushers.remove(pusher)
-                position = pusher.position
-                rest, pusher.rest = pusher.rest, None
-                if rest is not None:
-                    await finish_write(rest)
-                error, pusher.error = pusher.error, None
-                if error is not None:
-                    raise error
-                if heartbeat:
-                    await write(HEARTBEAT)
-                    heartbeat_at = loop.time() + self.heartbeat_seconds
+            while not (departure is not None and departure.left) and (chunk := follower.to_send()) is not None:
+                # With nothing to send yet, a `first` still goes (a resume of a quiet run): the stream opens now.
+                if not chunk and not first:
+                    heartbeat = await follower.wait(pusher)
+                    rest, pusher.rest = pusher.rest, None
+                    if rest is not None:
+                        await finish_write(rest)
+                    error, pusher.error = pusher.error, None
+                    if error is not None:
+                        raise error
+                    if not heartbeat:
+                        continue
+                    chunk = HEARTBEAT
+                await write(first + chunk if first else chunk)
+                first = b""
+                follower.sent()
         finally:
             if pusher.rest is not None:
                 # Cancelled before it could finish a write the producer began: that write ends here, unsent.
                 pusher.rest.coro.close()
-            self._left(run, policy, cancel_if_last=not run.done and not leaving_for_shutdown)
+            follower.leave()
 
-    async def _join(self, run_id: str, on_disconnect: OnDisconnect | None) -> tuple[_Run, OnDisconnect]:
-        """The run a new follower reads, counted as followed, and the follower's disconnect policy."""
+    async def _join(self, run_id: str, after: int, on_disconnect: OnDisconnect | None) -> _Follower:
+        """A new follower of the run from id `after` on, counted as followed; its policy is the run's unless given."""
         run = await self._lookup(run_id)
         if run is None:
             raise RunNotFound(run_id)
         await self._joined(run)
-        return run, on_disconnect or run.on_disconnect
+        return _Follower(self, run, on_disconnect or run.on_disconnect, after)
 
-    async def _wait(self, waiter: "asyncio.Future[bool]", heartbeat_at: float) -> tuple[bool, float]:
-        """Await a follower's `waiter`, a heartbeat owed at `heartbeat_at`: (whether it is time for it, when owed)."""
-        loop = asyncio.get_running_loop()
-        self._sleeping[waiter] = heartbeat_at
+    def _start_ticker(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start `_tick` on `loop` unless it runs there already."""
         if self._ticker is None or self._ticker.done() or self._ticker.get_loop() is not loop:
             self._ticker = loop.create_task(self._tick(), name="moonborn-heartbeats", context=contextvars.Context())
-        try:
-            heartbeat = await waiter
-        finally:
-            heartbeat_at = self._sleeping.pop(waiter, heartbeat_at)
-        return heartbeat, heartbeat_at
 
     async def _tick(self) -> None:
         """Wake the followers that are owed a heartbeat (for the life of the process, from the first follower on).
@@ -603,10 +660,6 @@ class InProcessHub:
         if run.task is not None:
             await asyncio.wait({run.task})
 
-    async def active_count(self, owner_id: int) -> int:
-        """The owner's runs going and slots taken for runs about to start."""
-        return self._active.get(owner_id, 0) + self._reserved.get(owner_id, 0)
-
     def local_run_ids(self) -> set[str]:
         """Ids of the runs this process is producing and that have not ended."""
         return {run.id for run in self._runs.values() if run.task is not None and not run.done}
@@ -636,14 +689,14 @@ class InProcessHub:
             await asyncio.wait(tasks, timeout=within)
 
 
-_hub: InProcessHub | None = None
+def _backend() -> Hub:
+    # Every backend extends the in-process one; the annotation has mypy check that it is a `Hub`.
+    backend: type[InProcessHub] = import_string(settings.MOONBORN_HUB_BACKEND)
+    hub: Hub = backend.from_settings()
+    return hub
 
 
-def get_hub() -> InProcessHub:
+def get_hub() -> Hub:
     """Return the process's hub, built on first use by the backend `MOONBORN_HUB_BACKEND` names (the Redis one when
     REDIS_URL is set), as Django builds its cache backends."""
-    global _hub
-    if _hub is None:
-        backend: type[InProcessHub] = import_string(settings.MOONBORN_HUB_BACKEND)
-        _hub = backend.from_settings()
-    return _hub
+    return process_state("runs.hub", _backend)

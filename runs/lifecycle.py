@@ -25,7 +25,7 @@ from django.utils.module_loading import import_string
 
 from .asgi import GuardedSend
 from .db import db
-from .hub import InProcessHub, get_hub
+from .hub import Hub, get_hub
 from .services import orphan_candidates, orphan_run_fail
 from .sse import open_streams
 
@@ -40,7 +40,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ORPHAN_ERROR = "The server running this stopped before it finished."
 
 
-async def reap_orphans(hub: InProcessHub, *, older_than_seconds: float) -> int:
+async def reap_orphans(hub: Hub, *, older_than_seconds: float) -> int:
     """Fail every run in the database that no live process is producing; return how many."""
     reaped = 0
     for run_id, owner_id in await db(orphan_candidates, older_than_seconds=older_than_seconds):
@@ -106,7 +106,7 @@ def recover_at_start() -> None:
 
     def work() -> None:
         async def reap() -> None:
-            hub: InProcessHub = import_string(settings.MOONBORN_HUB_BACKEND).from_settings()
+            hub: Hub = import_string(settings.MOONBORN_HUB_BACKEND).from_settings()
             try:
                 # A shared hub's runs belong to the workers that still beat; one process owns every run of the
                 # in-process hub, so all its unfinished runs are orphans.

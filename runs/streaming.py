@@ -14,7 +14,7 @@ from moonborn_site.http import ApiError
 
 from .db import db
 from .events import Event
-from .hub import InProcessHub, OnDisconnect, Slot
+from .hub import Hub, OnDisconnect, Slot
 from .services import orphan_run_fail
 from .sse import RETRY, sse_response
 
@@ -25,7 +25,7 @@ ERROR_STATUS = {"provider_error": 502, "provider_timeout": 504, "cancelled": 409
 
 
 async def sse_frames(
-    hub: InProcessHub,
+    hub: Hub,
     run_id: str,
     *,
     after: int,
@@ -46,7 +46,7 @@ async def sse_frames(
             yield chunk
 
 
-async def run_outcome(hub: InProcessHub, run_id: str, *, on_disconnect: OnDisconnect | None) -> Event | None:
+async def run_outcome(hub: Hub, run_id: str, *, on_disconnect: OnDisconnect | None) -> Event | None:
     """Follow a run to its end for a JSON caller; return its `error` event, or None on success."""
     async with aclosing(hub.follow(run_id, on_disconnect=on_disconnect)) as frames:
         async for _ in frames:
@@ -68,7 +68,7 @@ def raise_for_outcome(error: Event | None) -> None:
         raise exc
 
 
-async def reserve_slot(hub: InProcessHub, owner_id: int) -> Slot:
+async def reserve_slot(hub: Hub, owner_id: int) -> Slot:
     """Take one of the owner's MOONBORN_MAX_STREAMS_PER_KEY run slots for a run about to start.
 
     503 while shutting down; 429 when every slot is taken. The slot goes to `start_run`, or back to the hub with
@@ -87,7 +87,7 @@ async def reserve_slot(hub: InProcessHub, owner_id: int) -> Slot:
     return slot
 
 
-async def give_back(hub: InProcessHub, slot: Slot) -> None:
+async def give_back(hub: Hub, slot: Slot) -> None:
     """Return a slot whose request starts no run. Shielded: a request being cancelled still gives it back; a hub that
     cannot be reached leaves it to lapse (SLOT_SECONDS in Redis)."""
     try:
@@ -96,7 +96,7 @@ async def give_back(hub: InProcessHub, slot: Slot) -> None:
         logger.warning("could not give back a run slot of owner %s; it lapses by itself", slot.owner_id)
 
 
-async def resumable(hub: InProcessHub, run_id: str, *, owner_id: int, after: int) -> bool:
+async def resumable(hub: Hub, run_id: str, *, owner_id: int, after: int) -> bool:
     """Whether a resume after `after` has anything to follow (else the endpoint answers 204)."""
     info = await hub.info(run_id)
     if info is None or info.owner_id != owner_id:
@@ -104,7 +104,7 @@ async def resumable(hub: InProcessHub, run_id: str, *, owner_id: int, after: int
     return not (info.done and after >= info.last_event_id)
 
 
-async def cancel_owned(hub: InProcessHub, run_id: str, owner_id: int) -> None:
+async def cancel_owned(hub: Hub, run_id: str, owner_id: int) -> None:
     """Cancel a run of this owner's, wherever it runs, and wait for its clean-up."""
     info = await hub.info(run_id)
     if info is not None and info.owner_id == owner_id:
@@ -112,7 +112,7 @@ async def cancel_owned(hub: InProcessHub, run_id: str, owner_id: int) -> None:
 
 
 async def serve_run(
-    hub: InProcessHub,
+    hub: Hub,
     run_id: str,
     *,
     owner_id: int,
@@ -146,7 +146,7 @@ async def serve_run(
 
 
 async def start_run(
-    hub: InProcessHub,
+    hub: Hub,
     run_id: str,
     *,
     owner_id: int,
