@@ -6,6 +6,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from moonborn_site.adminkit import ReadOnly
+
 from .keys import KEY_PREFIX
 from .models import ApiKey, UsageRecord
 from .services import api_key_revoke
@@ -63,7 +65,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(ReadOnly, admin.ModelAdmin):
     list_display = (
         "kind",
         "run_id",
@@ -82,12 +84,3 @@ class UsageRecordAdmin(admin.ModelAdmin):
     ordering = ("-started_at",)
     fields = list_display
     readonly_fields = list_display
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -4,7 +4,6 @@ The one thing an admin writes here is a review: the flag queue (and the list act
 character, and in-character verdicts join the persona's calibration (``services.message_review``).
 """
 
-import json
 from typing import Any
 
 from django.contrib import admin, messages
@@ -17,6 +16,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
+
+from moonborn_site.adminkit import ReadOnly, ReadOnlyInline, pretty_json
 
 from . import services
 from .charts import sparkline
@@ -233,7 +234,7 @@ def lore_detail(message: Message) -> SafeString:
     return format_html('<div class="lore">{}</div>', format_html_join("", "{}", ((part,) for part in parts)))
 
 
-class MessageInline(admin.TabularInline):
+class MessageInline(ReadOnlyInline):
     model = Message
     fields = (
         "index",
@@ -247,19 +248,7 @@ class MessageInline(admin.TabularInline):
     )
     readonly_fields = fields
     ordering = ("index",)
-    extra = 0
-    max_num = 0
-    can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="content")
     def content_excerpt(self, message: Message) -> str:
@@ -368,7 +357,9 @@ class ChatSessionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(ReadOnly, admin.ModelAdmin):
+    # Read-only: a message is part of its session's numbered history (delete the session instead).
+
     list_display = (
         "id",
         "session",
@@ -416,16 +407,6 @@ class MessageAdmin(admin.ModelAdmin):
     )
     readonly_fields = fields
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # A message is part of its session's numbered history; delete the session instead.
-        return False
-
     @admin.display(description="persona", ordering="session__persona__name")
     def persona(self, message: Message) -> str:
         return str(message.session.persona)
@@ -453,8 +434,7 @@ class MessageAdmin(admin.ModelAdmin):
 
     @admin.display(description="drift components")
     def drift_components_pretty(self, message: Message) -> SafeString:
-        text = json.dumps(message.drift_components, indent=2, ensure_ascii=False)
-        return format_html('<pre style="white-space: pre-wrap; margin: 0;">{}</pre>', text)
+        return pretty_json(message.drift_components)
 
     @admin.display(description="lore")
     def lore_display(self, message: Message) -> str:
@@ -470,8 +450,7 @@ class MessageAdmin(admin.ModelAdmin):
 
     @admin.display(description="tier-1 components")
     def tier1_components_pretty(self, message: Message) -> SafeString:
-        text = json.dumps(message.tier1_components, indent=2, ensure_ascii=False)
-        return format_html('<pre style="white-space: pre-wrap; margin: 0;">{}</pre>', text)
+        return pretty_json(message.tier1_components)
 
     # -- reviews: the flag queue and the list actions -----------------------------------------------------------
 

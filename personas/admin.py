@@ -24,6 +24,7 @@ from django.utils.safestring import SafeString, mark_safe
 from chat.charts import Point, histogram, line_chart, sparkline
 from chat.models import ChatSession, Message
 from chat.scoring import DRIFT_ALPHA, calibration_scores
+from moonborn_site.adminkit import ReadOnlyInline, pretty_json
 
 from .card_services import card_import_prepare, persona_card, persona_import
 from .cards import CardError, parse_card_bytes
@@ -47,12 +48,6 @@ def card_filename(persona: Persona) -> str:
     ascii_name = unicodedata.normalize("NFKD", persona.name).encode("ascii", "ignore").decode("ascii")
     slug = re.sub(r"[^A-Za-z0-9_]+", "-", ascii_name).strip("-_")[:CARD_FILENAME_NAME_LIMIT].strip("-_")
     return f"{slug}-{persona.id}.json" if slug else f"{persona.id}.json"
-
-
-def pretty_json(value: Any) -> SafeString:
-    """A JSON value indented in a <pre> block (escaped)."""
-    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
-    return format_html('<pre style="white-space: pre-wrap; margin: 0;">{}</pre>', text)
 
 
 def annotate_persona_stats(queryset: QuerySet[Persona]) -> QuerySet[Persona]:
@@ -140,24 +135,11 @@ class PersonaChangeList(ChangeList):
         )
 
 
-class PersonaStepInline(admin.TabularInline):
+class PersonaStepInline(ReadOnlyInline):
     model = PersonaStep
     fields = ("position", "name", "status", "model", "duration", "fallback", "output_pretty", "completed_at")
     readonly_fields = fields
     ordering = ("position",)
-    extra = 0
-    max_num = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="duration")
     def duration(self, step: PersonaStep) -> str:
