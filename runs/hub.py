@@ -360,7 +360,7 @@ class Hub(Protocol):
     ) -> None: ...
     async def info(self, run_id: str) -> RunInfo | None: ...
     def follow(
-        self, run_id: str, *, after: int = 0, on_disconnect: OnDisconnect | None = None
+        self, run_id: str, *, after: int = 0, on_disconnect: OnDisconnect | None = None, first: bytes = b""
     ) -> AsyncGenerator[bytes, None]: ...
     async def relay(
         self,
@@ -376,6 +376,7 @@ class Hub(Protocol):
     ) -> None: ...
     async def cancel(self, run_id: str, *, wait: float = 5.0) -> bool: ...
     async def wait(self, run_id: str) -> None: ...
+    async def active_count(self, owner_id: int) -> int: ...
     def local_run_ids(self) -> set[str]: ...
     async def is_alive(self, run_id: str) -> bool: ...
     async def abandon(self, run_id: str, owner_id: int, message: str) -> None: ...
@@ -537,9 +538,10 @@ class InProcessHub:
         return self._runs.get(run_id)
 
     async def follow(
-        self, run_id: str, *, after: int = 0, on_disconnect: OnDisconnect | None = None
+        self, run_id: str, *, after: int = 0, on_disconnect: OnDisconnect | None = None, first: bytes = b""
     ) -> AsyncGenerator[bytes, None]:
-        """Yield the run's frames after id `after`, then live ones, joined when several are ready.
+        """Yield the run's frames after id `after` (the first chunk prefixed with `first`), then live ones, joined
+        when several are ready.
 
         Yields `HEARTBEAT` after `heartbeat_seconds` without an event. A follower that leaves before
         the terminal event (its response was cancelled or closed) cancels the run
@@ -549,11 +551,13 @@ class InProcessHub:
         follower = await self._join(run_id, after, on_disconnect)
         try:
             while (chunk := follower.to_send()) is not None:
-                if not chunk:
+                # With nothing to send yet, a `first` still goes (a resume of a quiet run): the stream opens now.
+                if not chunk and not first:
                     if not await follower.wait():
                         continue
                     chunk = HEARTBEAT
-                yield chunk
+                yield first + chunk if first else chunk
+                first = b""
                 follower.sent()
         finally:
             follower.leave()
@@ -659,6 +663,10 @@ class InProcessHub:
             raise RunNotFound(run_id)
         if run.task is not None:
             await asyncio.wait({run.task})
+
+    async def active_count(self, owner_id: int) -> int:
+        """The owner's runs going and slots taken for runs about to start."""
+        return self._active.get(owner_id, 0) + self._reserved.get(owner_id, 0)
 
     def local_run_ids(self) -> set[str]:
         """Ids of the runs this process is producing and that have not ended."""

@@ -352,6 +352,16 @@ class RedisHub(InProcessHub):
                     break
         return True
 
+    async def active_count(self, owner_id: int) -> int:
+        """The owner's runs going on every worker, and slots taken for runs about to start."""
+        await self._ensure_started()
+        now_ms = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.scard(self._active_key(owner_id))
+            pipe.zcount(self._slots_key(owner_id), now_ms, "+inf")
+            runs, slots = await pipe.execute()
+        return int(runs) + int(slots)
+
     # -- recovery ----------------------------------------------------------------------------------
 
     async def is_alive(self, run_id: str) -> bool:

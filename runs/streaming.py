@@ -24,26 +24,9 @@ logger = logging.getLogger(__name__)
 ERROR_STATUS = {"provider_error": 502, "provider_timeout": 504, "cancelled": 409, "server_shutdown": 503}
 
 
-async def sse_frames(
-    hub: Hub,
-    run_id: str,
-    *,
-    after: int,
-    on_disconnect: OnDisconnect | None,
-) -> AsyncGenerator[bytes, None]:
+def sse_frames(hub: Hub, run_id: str, *, after: int, on_disconnect: OnDisconnect | None) -> AsyncGenerator[bytes, None]:
     """The bytes of one SSE response: `retry:` then the run's frames after `after`, live."""
-    info = await hub.info(run_id)
-    if info is None or info.last_event_id <= after:
-        # Nothing to send yet (a resume of a quiet run): open the stream now, not at the next event.
-        yield RETRY
-        prefix = b""
-    else:
-        prefix = RETRY
-    async with aclosing(hub.follow(run_id, after=after, on_disconnect=on_disconnect)) as frames:
-        async for chunk in frames:
-            if prefix:
-                chunk, prefix = prefix + chunk, b""
-            yield chunk
+    return hub.follow(run_id, after=after, on_disconnect=on_disconnect, first=RETRY)
 
 
 async def run_outcome(hub: Hub, run_id: str, *, on_disconnect: OnDisconnect | None) -> Event | None:

@@ -10,7 +10,7 @@ import pytest
 from chat.drift import hard_rule_hits
 from chat.scoring import calibrate_persona, score_tier0, tier0
 from llm.base import ChatMessage, CompletionRequest, ProviderError, Usage, complete
-from llm.demo import SETTINGS, VOICES, DemoProvider, chat_reply, setting_kind, step_output, voice_of
+from llm.demo import SETTINGS, VOICES, DemoProvider, iter_chat_reply, setting_kind, step_output, voice_of
 from personas.steps import CALIBRATION_TURNS, STEPS, PipelineState, card_data, drift_anchor_texts, parse_output
 
 PERSONA = {
@@ -19,6 +19,10 @@ PERSONA = {
     "lines": ["*looks up* Oh. A visitor. I'm Agnes.", "The lamp never sleeps, and neither do I."],
     "catchphrases": ["Mind the rocks, dear."],
 }
+
+
+def chat_reply(context: dict[str, object], n_tokens: int) -> list[str]:
+    return list(iter_chat_reply(context, n_tokens))
 
 
 def reply_request(text: str = "Tell me about the storm") -> CompletionRequest:
