@@ -113,20 +113,19 @@ class ApiHandler(PooledASGIHandler):
 
 
 class LeanRequest:
-    """What an ASGI view reads from an HTTP scope: query parameters and headers (first value of each)."""
+    """What an ASGI view reads from an HTTP scope, as Django reads it: query parameters (the last value of each) and
+    headers (a repeated one's values joined with commas)."""
 
     __slots__ = ("scope", "query", "headers")
 
     def __init__(self, scope: Any) -> None:
         self.scope = scope
         raw_query = scope.get("query_string", b"")
-        self.query: dict[str, str] = {}
-        if raw_query:
-            for name, value in parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True):
-                self.query.setdefault(name, value)
+        self.query: dict[str, str] = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True))
         self.headers: dict[bytes, str] = {}
-        for name, value in scope["headers"]:
-            self.headers.setdefault(name.lower(), value.decode("latin-1"))
+        for name, raw in scope["headers"]:
+            name, value = name.lower(), raw.decode("latin-1")
+            self.headers[name] = f"{self.headers[name]},{value}" if name in self.headers else value
 
     def is_secure(self) -> bool:
         return bool(self.scope.get("scheme") == "https")
@@ -136,13 +135,10 @@ class LeanRequest:
 
         False too without a Host header: Django then takes the server's name, which is its to judge.
         """
-        name = b"host"
-        if settings.USE_X_FORWARDED_HOST and b"x-forwarded-host" in self.headers:
-            name = b"x-forwarded-host"
-        elif name not in self.headers:
+        name = b"x-forwarded-host" if settings.USE_X_FORWARDED_HOST and b"x-forwarded-host" in self.headers else b"host"
+        host = self.headers.get(name)
+        if host is None:
             return False
-        # Django joins a repeated header's values with commas (which no allowed host matches): so here.
-        host = ",".join(value.decode("latin-1") for header, value in self.scope["headers"] if header.lower() == name)
         allowed = settings.ALLOWED_HOSTS
         if settings.DEBUG and not allowed:
             allowed = [".localhost", "127.0.0.1", "[::1]"]
