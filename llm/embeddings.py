@@ -139,6 +139,21 @@ def _gelu_inplace(x: FloatArray) -> FloatArray:
     return x
 
 
+def finish_layer(layer: _Layer, x: FloatArray, ctx: FloatArray, eps: float) -> FloatArray:
+    """A layer's attention output, residual and norm, then its feed-forward, residual and norm (columns are tokens)."""
+    h = layer.w_attn_out @ ctx
+    h += layer.b_attn_out
+    h += x
+    x = _layer_norm_cols_inplace(h, layer.ln1_g, layer.ln1_b, eps)
+    inter = layer.w_in @ x
+    inter += layer.b_in
+    _gelu_inplace(inter)
+    h = layer.w_out @ inter
+    h += layer.b_out
+    h += x
+    return _layer_norm_cols_inplace(h, layer.ln2_g, layer.ln2_b, eps)
+
+
 def _layer_norm_cols_inplace(x: FloatArray, gamma: FloatArray, beta: FloatArray, eps: float) -> FloatArray:
     """LayerNorm of each column of ``x`` (float32, shape ``(features, tokens)``), in place; returns ``x``."""
     x -= x.mean(axis=0)
@@ -400,18 +415,7 @@ def _forward(model: _Model, batch_ids: list[list[int]]) -> FloatArray:
             np.exp(probs, out=probs)
             probs /= probs.sum(axis=1, keepdims=True)
             ctx[:, start:end] = (v @ probs).reshape(hidden, n)
-        h = layer.w_attn_out @ ctx
-        h += layer.b_attn_out
-        h += x
-        x = _layer_norm_cols_inplace(h, layer.ln1_g, layer.ln1_b, model.eps)
-
-        inter = layer.w_in @ x
-        inter += layer.b_in
-        _gelu_inplace(inter)
-        h = layer.w_out @ inter
-        h += layer.b_out
-        h += x
-        x = _layer_norm_cols_inplace(h, layer.ln2_g, layer.ln2_b, model.eps)
+        x = finish_layer(layer, x, ctx, model.eps)
 
     pooled = np.add.reduceat(x, offsets[:-1], axis=1).T  # (texts, hidden) sums over each text's tokens
     pooled = pooled / np.asarray(lengths, dtype=np.float32)[:, None]

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
-from .embeddings import FloatArray, _gelu_inplace, _layer_norm_cols_inplace, _load_model, _Model, installed_model_dir
+from .embeddings import FloatArray, _layer_norm_cols_inplace, _load_model, _Model, finish_layer, installed_model_dir
 
 __all__ = [
     "RECIPE",
@@ -94,17 +94,7 @@ def _forward_pieces(model: _Model, ids: npt.NDArray[np.intp]) -> FloatArray:
         np.exp(probs, out=probs)
         probs /= probs.sum(axis=2, keepdims=True)
         ctx = np.einsum("hdnk,hnkq->hdnq", v, probs).reshape(hidden, n * length)
-        h = layer.w_attn_out @ ctx
-        h += layer.b_attn_out
-        h += x
-        x = _layer_norm_cols_inplace(h, layer.ln1_g, layer.ln1_b, model.eps)
-        inter = layer.w_in @ x
-        inter += layer.b_in
-        _gelu_inplace(inter)
-        h = layer.w_out @ inter
-        h += layer.b_out
-        h += x
-        x = _layer_norm_cols_inplace(h, layer.ln2_g, layer.ln2_b, model.eps)
+        x = finish_layer(layer, x, ctx, model.eps)
     pooled: FloatArray = x.reshape(hidden, n, length).mean(axis=2).T
     return pooled
 
