@@ -4,8 +4,8 @@ A run is started from a flow (an async iterator of `Event`s). The hub drives it 
 detached from the request that started it, numbers each event 1, 2, 3…, encodes it once and keeps
 the frames so that a follower can start at any id (`Last-Event-ID`). The HTTP responses only follow.
 
-`InProcessHub` keeps everything in this process (the embedded default). `runs.redis_hub.RedisHub`
-adds a Redis event log so that any worker can follow, resume or cancel any run.
+`Hub` is what callers use. `InProcessHub` keeps everything in this process (the embedded default);
+`runs.redis_hub.RedisHub` adds a Redis event log so that any worker can follow, resume or cancel any run.
 """
 
 import asyncio
@@ -17,7 +17,7 @@ from bisect import bisect_right
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Self
 
 from django.conf import settings
 from django.utils.module_loading import import_string
@@ -90,7 +90,7 @@ class Departure:
 WRITE_LIMIT = 64 * 1024
 
 Write = Callable[[bytes], Awaitable[None]]
-# Starts a write and returns its coroutine (see `InProcessHub.relay`).
+# Starts a write and returns its coroutine (see `Hub.relay`).
 StartWrite = Callable[[bytes], Coroutine[Any, Any, None]]
 
 
@@ -278,7 +278,7 @@ class _Follower:
 
     __slots__ = ("hub", "run", "policy", "position", "loop", "heartbeat_at", "for_shutdown")
 
-    def __init__(self, hub: "InProcessHub", run: _Run, policy: OnDisconnect, after: int) -> None:
+    def __init__(self, hub: "Hub", run: _Run, policy: OnDisconnect, after: int) -> None:
         self.hub = hub
         self.run = run
         self.policy = policy
@@ -337,55 +337,13 @@ class _Follower:
         self.hub._left(self.run, self.policy, cancel_if_last=not self.run.done and not self.for_shutdown)
 
 
-class Hub(Protocol):
-    """What callers use of a run hub (`get_hub`'s): `InProcessHub` or a subclass (`runs.redis_hub.RedisHub`)."""
+class Hub:
+    """A run hub, as callers use it, and the machinery every backend shares: runs driven, logged and followed here.
 
-    shared: bool
-    shutting_down: bool
-
-    @classmethod
-    def from_settings(cls) -> "Hub": ...
-    async def ping(self) -> None: ...
-    async def aclose(self) -> None: ...
-    async def reserve(self, owner_id: int, *, limit: int) -> Slot | None: ...
-    async def release(self, slot: Slot) -> None: ...
-    async def start(
-        self,
-        run_id: str,
-        *,
-        owner_id: int,
-        flow: AsyncIterator[Event],
-        on_disconnect: OnDisconnect,
-        slot: Slot | None = None,
-    ) -> None: ...
-    async def info(self, run_id: str) -> RunInfo | None: ...
-    def follow(
-        self, run_id: str, *, after: int = 0, on_disconnect: OnDisconnect | None = None, first: bytes = b""
-    ) -> AsyncGenerator[bytes, None]: ...
-    async def relay(
-        self,
-        run_id: str,
-        *,
-        write: Write,
-        start_write: StartWrite,
-        finish_write: Callable[[Awaitable[None]], Awaitable[None]],
-        after: int = 0,
-        on_disconnect: OnDisconnect | None = None,
-        departure: Departure | None = None,
-        first: bytes = b"",
-    ) -> None: ...
-    async def cancel(self, run_id: str, *, wait: float = 5.0) -> bool: ...
-    async def wait(self, run_id: str) -> None: ...
-    async def active_count(self, owner_id: int) -> int: ...
-    def local_run_ids(self) -> set[str]: ...
-    async def is_alive(self, run_id: str) -> bool: ...
-    async def abandon(self, run_id: str, owner_id: int, message: str) -> None: ...
-    def begin_shutdown(self) -> None: ...
-    async def drain(self, within: float) -> None: ...
-
-
-class InProcessHub:
-    """The embedded default `Hub`: runs and their logs live in this process's memory."""
+    A backend decides where runs are shared, by overriding the storage hooks (`_lookup`, `_joined`, `_left`,
+    `_publish`, `_finished`, `info`, …): `InProcessHub` nowhere, `runs.redis_hub.RedisHub` through Redis.
+    `get_hub` builds the one `MOONBORN_HUB_BACKEND` names, as Django builds its cache backends.
+    """
 
     # Whether other processes produce runs through this hub (then a reaper must watch for dead ones).
     shared = False
@@ -397,7 +355,7 @@ class InProcessHub:
         """Release the hub's connections (in process: none)."""
 
     @classmethod
-    def from_settings(cls) -> "InProcessHub":
+    def from_settings(cls) -> Self:
         """The hub the settings describe (`get_hub` builds the process's one with it)."""
         return cls(
             retention_seconds=settings.MOONBORN_EVENT_RETENTION_SECONDS,
@@ -697,11 +655,13 @@ class InProcessHub:
             await asyncio.wait(tasks, timeout=within)
 
 
+class InProcessHub(Hub):
+    """The embedded default: runs and their logs live in this process's memory, for this process's followers."""
+
+
 def _backend() -> Hub:
-    # Every backend extends the in-process one; the annotation has mypy check that it is a `Hub`.
-    backend: type[InProcessHub] = import_string(settings.MOONBORN_HUB_BACKEND)
-    hub: Hub = backend.from_settings()
-    return hub
+    backend: type[Hub] = import_string(settings.MOONBORN_HUB_BACKEND)
+    return backend.from_settings()
 
 
 def get_hub() -> Hub:

@@ -1,6 +1,6 @@
 """The Redis run hub: every run's events in a Redis Stream, so any worker can follow, resume or cancel.
 
-The worker that produces a run keeps its frames in memory, exactly like `InProcessHub`, and copies
+The worker that produces a run keeps its frames in memory, exactly like `runs.hub.InProcessHub`, and copies
 each one to the stream `<prefix>:run:<id>:events` with the entry id `0-<event id>`; its own followers
 read memory. Another worker follows through one local mirror per run, fed by a single blocking
 `XREAD` loop, so N followers on a worker cost one Redis reader. Cancels travel over pub/sub to the
@@ -16,13 +16,13 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Self
 
 import redis.asyncio as aioredis
 from django.conf import settings
 
 from .events import TERMINAL_EVENTS, Event, error_event
-from .hub import InProcessHub, OnDisconnect, RunInfo, Slot, _Run
+from .hub import Hub, OnDisconnect, RunInfo, Slot, _Run
 from .sse import encode_event
 
 logger = logging.getLogger(__name__)
@@ -48,11 +48,11 @@ return 1
 """
 
 
-class RedisHub(InProcessHub):
+class RedisHub(Hub):
     shared = True
 
     @classmethod
-    def from_settings(cls) -> "RedisHub":
+    def from_settings(cls) -> Self:
         return cls(
             settings.REDIS_URL,
             retention_seconds=settings.MOONBORN_EVENT_RETENTION_SECONDS,
