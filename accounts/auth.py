@@ -6,7 +6,6 @@ DRF views, the async views and the ASGI fast path (`key_owner`, in front of it) 
 
 import asyncio
 import time
-from collections import OrderedDict
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
@@ -14,7 +13,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from moonborn_site.state import process_state
+from moonborn_site.state import Lru, process_state
 from runs.db import db
 
 from .keys import hash_key, prefix_of
@@ -48,19 +47,17 @@ KEY_CACHE_SIZE = 1024
 
 
 class KeyOwners:
-    """Key hash → (owner id, until when it is trusted), the most recently used last; concurrent lookups of one key
-    share one call to the database. Used from the event loop only; a hash, never the key, is kept."""
+    """Key hash → (owner id, until when it is trusted); concurrent lookups of one key share one call to the
+    database. A hash, never the key, is kept."""
 
     def __init__(self) -> None:
-        self.owners: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self.owners = Lru[tuple[int, float]](KEY_CACHE_SIZE)
         self.lookups: dict[str, asyncio.Future[int | None]] = {}
 
     async def owner(self, key: str) -> int | None:
         digest = hash_key(key)
-        now = time.monotonic()
         known = self.owners.get(digest)
-        if known is not None and known[1] > now:
-            self.owners.move_to_end(digest)
+        if known is not None and known[1] > time.monotonic():
             return known[0]
         lookup = self.lookups.get(digest)
         if lookup is None:
@@ -68,13 +65,8 @@ class KeyOwners:
             lookup.add_done_callback(lambda _: self.lookups.pop(digest, None))
         # Shielded: one waiter that is cancelled does not cancel the others' lookup.
         owner_id = await asyncio.shield(lookup)
-        if owner_id is None:
-            self.owners.pop(digest, None)
-        else:
-            self.owners[digest] = (owner_id, now + KEY_CACHE_SECONDS)
-            self.owners.move_to_end(digest)
-            while len(self.owners) > KEY_CACHE_SIZE:
-                self.owners.popitem(last=False)
+        if owner_id is not None:
+            self.owners.put(digest, (owner_id, time.monotonic() + KEY_CACHE_SECONDS))
         return owner_id
 
 
