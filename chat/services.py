@@ -156,9 +156,8 @@ def message_create_turns(*, requests: list[TurnRequest]) -> list[TurnOutcome]:
     """Store the turns of several requests in one transaction, with a few statements for all of them.
 
     Each request's outcome, in order: its reply's job, or the error that refused it (ChatSession.DoesNotExist →
-    404, ChatConflict → 409). A refused turn writes nothing. Two turns of one
-    session in one call are two requests racing: the first is taken, the second refused as the session's reply is
-    then streaming.
+    404, ChatConflict → 409). A refused turn writes nothing. Two turns of one session in one call are two requests
+    racing: the first is taken, the second refused as the session's reply is then streaming.
     """
     sql = turn_sql()
     now = timezone.now()
