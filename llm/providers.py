@@ -1,10 +1,11 @@
 """Choose the model provider from settings, the way Django picks EMAIL_BACKEND."""
 
-from functools import cache
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+from moonborn_site.state import process_state
 
 from .base import Provider
 from .demo import DemoProvider
@@ -63,9 +64,12 @@ def embeddings_api_key() -> str:
     return str(settings.MOONBORN_OPENAI_API_KEY)
 
 
-@cache
 def get_provider() -> Provider:
     """Return the process's provider, configured by the MOONBORN_LLM_* settings."""
+    return process_state("llm.provider", _make_provider)
+
+
+def _make_provider() -> Provider:
     error = configuration_error()
     if error is not None:
         raise ImproperlyConfigured(error)

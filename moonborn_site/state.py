@@ -2,9 +2,9 @@
 
 The run hub, the turn and progress writers, the throttle's counters, the key owners, the persona caches: each module
 asks `process_state(name, make)` for its own instead of keeping a global, so that tests (and a server's start) begin
-from nothing with one call. Two things stay outside, because remaking them is the cost they exist to avoid: the
-database's worker thread (`runs.db`, the home of SQLite's one connection) and the tier-0 drift table read from disk
-(`chat.scoring`).
+from nothing with one call. What stays outside is what remaking would cost the most: the database's worker thread
+(`runs.db`, the home of SQLite's one connection) and the embedders, whose weights and tier-0 table are read from disk
+(`llm.embeddings`, `llm.static_embeddings`).
 """
 
 import threading
