@@ -293,7 +293,8 @@ class ByCredentials:
             await self.api(scope, receive, send)
             return
         request = LeanRequest(scope)
-        body, more = b"", False
+        body: bytes | None = None  # until read: then Django gets it replayed
+        more = False
         try:
             refused = await chain.refusal(request)
             if refused is not None:
@@ -306,7 +307,7 @@ class ByCredentials:
                 raise ServeWithDjango
             served = await view(request, body, chain, **kwargs)
         except ServeWithDjango:
-            await self.api(scope, replaying(body, more, receive), send)
+            await self.api(scope, receive if body is None else replaying(body, more, receive), send)
             return
         if isinstance(served, HttpResponseBase):
             await chain.send(request, served, send)
