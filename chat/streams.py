@@ -78,7 +78,8 @@ NOTHING_TO_FOLLOW = nothing_to_follow("reply", "GET …/messages/{message_id}")
         "the reply was cancelled (`cancelled`).",
         502: "Without streaming: the model provider failed (`provider_error`).",
         503: "The server is shutting down, the database is not answering or the run could not start "
-        "(`server_shutdown`, `service_unavailable`).",
+        "(`server_shutdown`, `service_unavailable`), or the model provider failed too many calls in a row and gets "
+        "none for a while (`provider_unavailable`, with `Retry-After`).",
         504: "Without streaming: the model provider timed out (`provider_timeout`).",
     },
 )

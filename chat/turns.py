@@ -20,7 +20,7 @@ from moonborn_site.http import ApiError
 from moonborn_site.state import process_state
 from runs.db import db, release_connections
 from runs.hub import OnDisconnect, get_hub
-from runs.streaming import give_back, reserve_slot, start_run
+from runs.streaming import give_back, refuse_while_unavailable, reserve_slot, start_run
 
 from .models import ChatSession
 from .replies import generate_reply
@@ -167,14 +167,15 @@ def get_turn_writer() -> TurnWriter:
 async def reply_start(*, owner_id: int, session_id: str, content: str, on_disconnect: OnDisconnect) -> str:
     """Start a reply to `content` in one of the owner's sessions; return the reply's id, which is its run's.
 
-    A run slot first (429 past the owner's limit, 503 while shutting down), then the turn, stored with the others
-    waiting (404, 409: nothing stored), then the run (503 if the hub cannot take it). Whatever refuses the request
-    leaves nothing behind: the slot goes back.
+    The provider first (503 while its breaker refuses calls), then a run slot (429 past the owner's limit, 503 while
+    shutting down), then the turn, stored with the others waiting (404, 409: nothing stored), then the run (503 if
+    the hub cannot take it). Whatever refuses the request leaves nothing behind: the slot goes back.
     """
+    provider = get_provider()
+    refuse_while_unavailable(provider)
     hub = get_hub()
     slot = await reserve_slot(hub, owner_id)
     try:
-        provider = get_provider()
         request = TurnRequest(
             owner_id=owner_id, session_id=session_id, content=content, provider=provider.name, model=provider.model
         )

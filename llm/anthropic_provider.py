@@ -11,7 +11,17 @@ import anthropic
 import httpx2
 from anthropic import AsyncAnthropic
 
-from .base import ChatMessage, CompletionRequest, ProviderError, ProviderTimeout, Usage, count_tokens, resilient_stream
+from .base import (
+    ChatMessage,
+    CompletionRequest,
+    ProviderError,
+    ProviderTimeout,
+    Usage,
+    count_tokens,
+    resilient_stream,
+    retry_after_seconds,
+)
+from .breaker import Breaker, provider_breaker
 from .openai_provider import log_upstream_text, status_error
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
@@ -28,7 +38,12 @@ def upstream_error(exc: BaseException) -> ProviderError:
             retryable = kind in ("overloaded_error", "api_error", "rate_limit_error", "")
             log_upstream_text("anthropic", "failed mid-answer", f"{kind}: {detail}" if detail else kind)
             return ProviderError("The anthropic model provider failed mid-answer.", retryable=retryable)
-        return status_error(exc.status_code, detail, provider="anthropic")
+        return status_error(
+            exc.status_code,
+            detail,
+            provider="anthropic",
+            retry_after=retry_after_seconds(exc.response.headers.get("retry-after")),
+        )
     if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
         return ProviderError("The connection to the anthropic model provider failed or was dropped.", retryable=True)
     return ProviderError(f"The anthropic model provider failed ({type(exc).__name__}).", retryable=True)
@@ -71,10 +86,23 @@ class AnthropicProvider:
 
     name = "anthropic"
 
-    def __init__(self, *, model: str, api_key: str, base_url: str = "", timeout: float = 120.0, retries: int = 2):
+    def __init__(
+        self,
+        *,
+        model: str,
+        api_key: str,
+        base_url: str = "",
+        timeout: float = 120.0,
+        retries: int = 2,
+        breaker_failures: int = 10,
+        breaker_seconds: float = 30.0,
+    ):
         self.model = model or DEFAULT_MODEL
         self.timeout = timeout
         self.retries = retries
+        self.base_url = base_url
+        self.breaker_failures = breaker_failures
+        self.breaker_seconds = breaker_seconds
         self.client = AsyncAnthropic(
             api_key=api_key,
             base_url=base_url or None,
@@ -86,8 +114,19 @@ class AnthropicProvider:
     def stream(self, request: CompletionRequest, usage: Usage) -> AsyncGenerator[str, None]:
         base = (usage.prompt_tokens, usage.completion_tokens)
         return resilient_stream(
-            lambda: self._attempt(request, usage, base), limit_seconds=self.timeout, retries=self.retries
+            lambda: self._attempt(request, usage, base),
+            limit_seconds=self.timeout,
+            retries=self.retries,
+            breaker=self.breaker(),
         )
+
+    def breaker(self) -> Breaker:
+        return provider_breaker(
+            self.name, self.base_url, failures=self.breaker_failures, cool_down=self.breaker_seconds
+        )
+
+    def unavailable_for(self) -> float | None:
+        return self.breaker().refusal()
 
     async def _attempt(
         self, request: CompletionRequest, usage: Usage, base: tuple[int, int]

@@ -1,11 +1,16 @@
 """The provider protocol: every model backend streams text deltas and reports usage."""
 
 import asyncio
+import datetime
+import email.utils
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from runs.events import RunError
+
+from .breaker import Admission, Breaker, unavailable_message
 
 Role = Literal["system", "user", "assistant"]
 
@@ -43,9 +48,27 @@ class ProviderError(RunError):
     code = "provider_error"
     retryable = True
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, retryable=retryable)
+        # The seconds the upstream asked for before another try (its `Retry-After` on a 429 or 503).
+        self.retry_after = retry_after
+
 
 class ProviderTimeout(ProviderError):
     code = "provider_timeout"
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider's breaker refuses the call: it failed too many calls in a row lately (llm.breaker)."""
+
+    code = "provider_unavailable"
 
 
 class Provider(Protocol):
@@ -55,6 +78,28 @@ class Provider(Protocol):
     def stream(self, request: CompletionRequest, usage: Usage) -> AsyncIterator[str]:
         """Yield text deltas in order. Closing the iterator must close the upstream request."""
         ...
+
+    def unavailable_for(self) -> float | None:
+        """While the provider's breaker refuses calls, the seconds until it lets one through; otherwise None."""
+        ...
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """The pause an HTTP `Retry-After` asks for, in seconds: delay-seconds or an HTTP date (RFC 9110, 10.2.3), 0 for a
+    date already past; None when it is absent or unreadable. `now` is the wall clock's (`time.time()`)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        # An HTTP date is in GMT; `-0000` reads as "no zone".
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 async def complete(provider: Provider, request: CompletionRequest, usage: Usage) -> str:
@@ -139,26 +184,47 @@ class _DeltaDeadline:
             self._handle = None
 
 
+# How a call ended, for its breaker: the upstream answered (whatever it said), or failed to.
+Outcome = Literal["answered", "outage"]
+
+
 async def resilient_stream(
     open_attempt: Callable[[], AsyncGenerator[str, None]],
     *,
     limit_seconds: float,
     retries: int,
     backoff: float = 0.25,
+    breaker: Breaker | None = None,
 ) -> AsyncGenerator[str, None]:
     """Yield the deltas of `open_attempt()`, retrying before the first delta only.
 
     The first delta must come within `limit_seconds` seconds of the call, all attempts included, and each
     later one within `limit_seconds` of the one before; otherwise `ProviderTimeout`. A retryable
     `ProviderError` before the first delta starts a new attempt (at most `retries` more), never after:
-    the client has already seen those tokens. Every attempt is closed on the way out, so a cancel or
-    an `aclose()` closes the upstream response at once.
+    the client has already seen those tokens. The pause before it is the upstream's `Retry-After` when it
+    sent one, else the backoff; a pause that would end past the first-token deadline is no retry (the error
+    goes out at once). Every attempt is one upstream call, closed on the way out, so a cancel or an
+    `aclose()` closes the upstream response at once.
+
+    With a `breaker`, the call asks it first (`ProviderUnavailable` while it refuses, with no upstream
+    call) and tells it how the call went, once for all its attempts: the first delta or an empty answer is
+    a success; the error it ends with is a failure when it is an outage (a timeout, or a retryable error:
+    5xx, 429, a broken connection, once retries are spent) and a success otherwise (a 4xx is an answer);
+    a cancel before any of these says nothing of the upstream.
     """
+    probe = False
+    if breaker is not None:
+        admission = breaker.admit()
+        if not isinstance(admission, Admission):
+            raise ProviderUnavailable(unavailable_message(breaker.provider, admission), retry_after=admission)
+        probe = admission is Admission.PROBE
     loop = asyncio.get_running_loop()
     deadline = _DeltaDeadline(loop)
     first_by = loop.time() + limit_seconds
     attempt = 0
     started = False
+    # How the call ended, for the breaker: None while it goes, or when its consumer left first.
+    outcome: Outcome | None = None
     try:
         while True:
             gen = open_attempt()
@@ -168,6 +234,7 @@ async def resilient_stream(
                     try:
                         delta = await anext(gen)
                     except StopAsyncIteration:
+                        outcome = "answered"
                         return
                     except asyncio.CancelledError:
                         if not deadline.expired():
@@ -179,14 +246,18 @@ async def resilient_stream(
                         ) from None
                     finally:
                         deadline.stop_waiting()
-                    started = True
+                    if not started:
+                        started = True
+                        if breaker is not None:
+                            # Told now, not at the end: a probe's long answer does not hold every other call back.
+                            breaker.succeeded()
                     yield delta
             except ProviderError as exc:
-                if started or not exc.retryable or isinstance(exc, ProviderTimeout) or attempt >= retries:
-                    raise
-                pause = backoff * 2**attempt
-                if loop.time() + pause >= first_by:
-                    # No time left for another try: this error says more than a timeout would.
+                pause = None if started else _retry_pause(exc, attempt, retries, backoff)
+                if pause is None or loop.time() + pause >= first_by:
+                    # No retry, or no time left for one: this error says more than a timeout would.
+                    outage = exc.retryable or isinstance(exc, ProviderTimeout)
+                    outcome = "outage" if outage else "answered"
                     raise
             finally:
                 await gen.aclose()
@@ -194,3 +265,27 @@ async def resilient_stream(
             await asyncio.sleep(pause)
     finally:
         deadline.close()
+        if breaker is not None:
+            _report(breaker, outcome, probe=probe, started=started)
+
+
+def _report(breaker: Breaker, outcome: Outcome | None, *, probe: bool, started: bool) -> None:
+    """Tell the breaker how a call ended (its first delta, a success, is told when it comes)."""
+    if outcome == "outage":
+        breaker.failed(probe=probe and not started)
+    elif started:
+        pass
+    elif outcome == "answered":
+        breaker.succeeded()
+    else:
+        breaker.abandoned(probe=probe)
+
+
+def _retry_pause(exc: ProviderError, attempt: int, retries: int, backoff: float) -> float | None:
+    """The pause before attempt `attempt + 1` after `exc`, or None when `exc` is not retried."""
+    if not exc.retryable or isinstance(exc, ProviderTimeout) or attempt >= retries:
+        return None
+    if exc.retry_after:
+        return exc.retry_after
+    # No Retry-After, or one of 0 (as the SDKs read it): the backoff, so that retries are never instant.
+    return backoff * 2**attempt

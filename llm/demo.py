@@ -1482,6 +1482,10 @@ class DemoProvider:
         self.reply_tokens = max(1, reply_tokens)
         self.fail_after_tokens = fail_after_tokens
 
+    def unavailable_for(self) -> float | None:
+        # Offline: never down, so no breaker.
+        return None
+
     async def stream(self, request: CompletionRequest, usage: Usage) -> AsyncIterator[str]:
         usage.prompt_tokens += sum(count_tokens(m.content) for m in request.messages)
         if request.purpose == "chat_reply":

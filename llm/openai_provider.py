@@ -14,7 +14,16 @@ from openai import AsyncOpenAI
 
 from moonborn_site.logtext import loggable
 
-from .base import CompletionRequest, ProviderError, ProviderTimeout, Usage, count_tokens, resilient_stream
+from .base import (
+    CompletionRequest,
+    ProviderError,
+    ProviderTimeout,
+    Usage,
+    count_tokens,
+    resilient_stream,
+    retry_after_seconds,
+)
+from .breaker import Breaker, provider_breaker
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +36,12 @@ def upstream_error(exc: BaseException, *, provider: str) -> ProviderError:
     if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
         return ProviderTimeout(f"The {provider} model provider timed out.", retryable=True)
     if isinstance(exc, openai.APIStatusError):
-        return status_error(exc.status_code, _error_message(exc.body), provider=provider)
+        return status_error(
+            exc.status_code,
+            _error_message(exc.body),
+            provider=provider,
+            retry_after=retry_after_seconds(exc.response.headers.get("retry-after")),
+        )
     if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
         return ProviderError(f"The connection to the {provider} model provider failed or was dropped.", retryable=True)
     if isinstance(exc, openai.APIError):
@@ -46,8 +60,9 @@ def log_upstream_text(provider: str, what: str, detail: str) -> None:
         logger.warning("the %s model provider %s: %s", provider, what, loggable(detail))
 
 
-def status_error(status: int, detail: str, *, provider: str) -> ProviderError:
-    """The error for an upstream HTTP status: 408, 409, 429 and 5xx are worth another try."""
+def status_error(status: int, detail: str, *, provider: str, retry_after: float | None = None) -> ProviderError:
+    """The error for an upstream HTTP status: 408, 409, 429 and 5xx are worth another try, after the upstream's
+    `Retry-After` (`retry_after` seconds) when it is a 429 or a 503."""
     retryable = status in (408, 409, 429) or status >= 500
     if status in (401, 403):
         # The upstream's message may quote part of the key (which is never logged): say what to fix instead.
@@ -56,9 +71,14 @@ def status_error(status: int, detail: str, *, provider: str) -> ProviderError:
             retryable=False,
         )
     log_upstream_text(provider, f"answered HTTP {status}", detail)
+    wait = retry_after if status in (429, 503) else None
     if status == 429:
-        return ProviderError(f"The {provider} model provider is rate limiting requests (HTTP 429).", retryable=True)
-    return ProviderError(f"The {provider} model provider answered HTTP {status}.", retryable=retryable)
+        return ProviderError(
+            f"The {provider} model provider is rate limiting requests (HTTP 429).", retryable=True, retry_after=wait
+        )
+    return ProviderError(
+        f"The {provider} model provider answered HTTP {status}.", retryable=retryable, retry_after=wait
+    )
 
 
 def _is_openai_itself(base_url: str) -> bool:
@@ -89,17 +109,22 @@ class OpenAIProvider:
         timeout: float = 120.0,
         retries: int = 2,
         structured_output: bool = True,
+        breaker_failures: int = 10,
+        breaker_seconds: float = 30.0,
     ) -> None:
         self.model = model or DEFAULT_MODEL
         self.timeout = timeout
         self.retries = retries
+        self.base_url = base_url or OPENAI_URL
+        self.breaker_failures = breaker_failures
+        self.breaker_seconds = breaker_seconds
         # Cleared for good the first time the server rejects `response_format`: prose from then on.
         self.structured_output = structured_output
         self.max_tokens_field = "max_completion_tokens" if _is_openai_itself(base_url) else "max_tokens"
         self.client = AsyncOpenAI(
             # A local server needs no key, but the SDK insists on one.
             api_key=api_key or "not-needed",
-            base_url=base_url or OPENAI_URL,
+            base_url=self.base_url,
             # The SDK's timeout is a backstop; resilient_stream enforces MOONBORN_LLM_TIMEOUT_SECONDS.
             timeout=timeout + 5,
             max_retries=0,
@@ -126,8 +151,19 @@ class OpenAIProvider:
         # Usage may carry earlier calls (a pipeline's steps): each attempt starts again from here.
         base = (usage.prompt_tokens, usage.completion_tokens)
         return resilient_stream(
-            lambda: self._attempt(request, usage, base), limit_seconds=self.timeout, retries=self.retries
+            lambda: self._attempt(request, usage, base),
+            limit_seconds=self.timeout,
+            retries=self.retries,
+            breaker=self.breaker(),
         )
+
+    def breaker(self) -> Breaker:
+        return provider_breaker(
+            self.name, self.base_url, failures=self.breaker_failures, cool_down=self.breaker_seconds
+        )
+
+    def unavailable_for(self) -> float | None:
+        return self.breaker().refusal()
 
     async def _open(self, arguments: dict[str, Any]) -> Any:
         """Send the request; the answer's headers have arrived when this returns."""

@@ -37,6 +37,10 @@ def configuration_error() -> str | None:
         return f"MOONBORN_LLM_BASE_URL={base_url!r} is not an http(s) URL."
     if settings.MOONBORN_LLM_TIMEOUT_SECONDS <= 0:
         return "MOONBORN_LLM_TIMEOUT_SECONDS must be a positive number of seconds."
+    if settings.MOONBORN_LLM_BREAKER_FAILURES < 0:
+        return "MOONBORN_LLM_BREAKER_FAILURES must be a number of calls, or 0 to turn the breaker off."
+    if settings.MOONBORN_LLM_BREAKER_SECONDS <= 0:
+        return "MOONBORN_LLM_BREAKER_SECONDS must be a positive number of seconds."
     if name == "openai" and not api_key("openai") and _is_openai_itself(base_url):
         return (
             "MOONBORN_LLM_PROVIDER=openai needs an API key: set MOONBORN_LLM_API_KEY (or OPENAI_API_KEY), "
@@ -76,6 +80,8 @@ def _make_provider() -> Provider:
     name = settings.MOONBORN_LLM_PROVIDER
     timeout = float(settings.MOONBORN_LLM_TIMEOUT_SECONDS)
     retries = max(0, int(settings.MOONBORN_LLM_MAX_RETRIES))
+    breaker_failures = int(settings.MOONBORN_LLM_BREAKER_FAILURES)
+    breaker_seconds = float(settings.MOONBORN_LLM_BREAKER_SECONDS)
     if name == "openai":
         from .openai_provider import OpenAIProvider
 
@@ -86,6 +92,8 @@ def _make_provider() -> Provider:
             timeout=timeout,
             retries=retries,
             structured_output=settings.MOONBORN_LLM_STRUCTURED_OUTPUT,
+            breaker_failures=breaker_failures,
+            breaker_seconds=breaker_seconds,
         )
     if name == "anthropic":
         from .anthropic_provider import AnthropicProvider
@@ -96,6 +104,8 @@ def _make_provider() -> Provider:
             base_url=settings.MOONBORN_LLM_BASE_URL,
             timeout=timeout,
             retries=retries,
+            breaker_failures=breaker_failures,
+            breaker_seconds=breaker_seconds,
         )
     return DemoProvider(
         model=settings.MOONBORN_LLM_MODEL or "demo",

@@ -33,7 +33,7 @@ ERROR_SCHEMA: dict[str, Any] = {
                 "code": {
                     "type": "string",
                     "description": "What went wrong, for programs (a status's own code, or a more precise one such as "
-                    "`invalid_json`, `csrf_failed`, `idempotency_conflict`, `invalid_card`).",
+                    "`invalid_json`, `csrf_failed`, `idempotency_conflict`, `invalid_card`, `provider_unavailable`).",
                     "examples": sorted(set(STATUS_CODES.values())),
                 },
                 "message": {"type": "string", "description": "What went wrong, for people: one sentence."},

@@ -220,6 +220,10 @@ MOONBORN_OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 MOONBORN_ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 # Further attempts of an upstream call that failed before its first token (never after it).
 MOONBORN_LLM_MAX_RETRIES = env.int("MOONBORN_LLM_MAX_RETRIES", default=2)
+# The provider's circuit breaker (llm.breaker): this many failed calls in a row (0: never) and no call goes to the
+# provider for this many seconds, then one probe call.
+MOONBORN_LLM_BREAKER_FAILURES = env.int("MOONBORN_LLM_BREAKER_FAILURES", default=10)
+MOONBORN_LLM_BREAKER_SECONDS = env.float("MOONBORN_LLM_BREAKER_SECONDS", default=30.0)
 # openai provider: ask for JSON-schema output in pipeline steps (dropped by itself if the server rejects it).
 MOONBORN_LLM_STRUCTURED_OUTPUT = env.bool("MOONBORN_LLM_STRUCTURED_OUTPUT", default=True)
 # The most tokens (estimated) a chat reply's prompt may take: the character, its lore and as much recent history as

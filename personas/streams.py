@@ -29,7 +29,16 @@ from runs.db import db
 from runs.hub import Hub, OnDisconnect, get_hub
 from runs.idempotency import claim_or_replay
 from runs.sse import sse_response
-from runs.streaming import cancel_owned, give_back, reserve_slot, resumable, serve_run, sse_frames, start_run
+from runs.streaming import (
+    cancel_owned,
+    give_back,
+    refuse_while_unavailable,
+    reserve_slot,
+    resumable,
+    serve_run,
+    sse_frames,
+    start_run,
+)
 
 from . import services
 from .models import Persona
@@ -70,7 +79,9 @@ NOTHING_TO_FOLLOW = nothing_to_follow("run", "GET /v1/personas/{persona_id}")
         409: "The Idempotency-Key was used with a different body (`idempotency_conflict`) or its first request is "
         "still being processed (`conflict`); without streaming, the generation was cancelled (`cancelled`).",
         502: "Without streaming: the model provider failed (`provider_error`).",
-        503: "The server is shutting down or could not start the run (`server_shutdown`, `service_unavailable`).",
+        503: "The server is shutting down or could not start the run (`server_shutdown`, `service_unavailable`), or "
+        "the model provider failed too many calls in a row and gets none for a while (`provider_unavailable`, with "
+        "`Retry-After`).",
         504: "Without streaming: the model provider timed out (`provider_timeout`).",
     },
 )
@@ -86,8 +97,9 @@ async def persona_create(request: HttpRequest, user: AbstractBaseUser) -> HttpRe
         return await _serve(hub, claim, user.pk, stream=stream, policy=policy, after=last_event_id(request))
     slot = None
     try:
-        slot = await reserve_slot(hub, user.pk)
         provider = get_provider()
+        refuse_while_unavailable(provider)
+        slot = await reserve_slot(hub, user.pk)
         persona, usage = await db(
             services.persona_create,
             owner_id=user.pk,

@@ -9,6 +9,8 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpResponse, HttpResponseBase
 
+from llm.base import Provider
+from llm.breaker import retry_after_header, unavailable_message
 from moonborn_site.api import json_response
 from moonborn_site.http import ApiError
 
@@ -21,7 +23,13 @@ from .sse import RETRY, sse_response
 logger = logging.getLogger(__name__)
 
 # An `error` event's code → the HTTP status a JSON (non-streaming) caller gets.
-ERROR_STATUS = {"provider_error": 502, "provider_timeout": 504, "cancelled": 409, "server_shutdown": 503}
+ERROR_STATUS = {
+    "provider_error": 502,
+    "provider_timeout": 504,
+    "provider_unavailable": 503,
+    "cancelled": 409,
+    "server_shutdown": 503,
+}
 
 
 def sse_frames(hub: Hub, run_id: str, *, after: int, on_disconnect: OnDisconnect | None) -> AsyncGenerator[bytes, None]:
@@ -49,6 +57,16 @@ def raise_for_outcome(error: Event | None) -> None:
         if status == 503:
             exc.headers["Retry-After"] = "1"
         raise exc
+
+
+def refuse_while_unavailable(provider: Provider) -> None:
+    """503 `provider_unavailable` while the provider's breaker refuses calls, with `Retry-After` the seconds it still
+    will: a run started now would only fail at its first call, after its rows were stored."""
+    wait = provider.unavailable_for()
+    if wait is not None:
+        error = ApiError(503, unavailable_message(provider.name, wait), code="provider_unavailable")
+        error.headers["Retry-After"] = retry_after_header(wait)
+        raise error
 
 
 async def reserve_slot(hub: Hub, owner_id: int) -> Slot:

@@ -6,7 +6,7 @@
 `message_start`, `content_block_start`, `ping`, `content_block_delta`…, `content_block_stop`,
 `message_delta`, `message_stop`. Each request is recorded as a `Call`, including when its client
 closed the connection. Behaviours are scripted per request: `Answer`, `Fail` (an HTTP error before
-the first token), `Drop` (the connection dies mid-stream) and `Hang` (nothing is ever sent).
+the first token, with a `Retry-After`), `Drop` (the connection dies mid-stream) and `Hang` (nothing is ever sent).
 """
 
 import hashlib
@@ -30,12 +30,14 @@ MODEL_SUFFIX = "-2026-01-15"
 class Answer:
     deltas: tuple[str, ...]
     delay: float = 0.0  # seconds before each delta
+    hold: threading.Event | None = None  # after the first delta, the rest wait until it is set (at most 30 s)
 
 
 @dataclass(frozen=True)
 class Fail:
     status: int
     message: str = "upstream failure"
+    retry_after: str = "0"  # the `Retry-After` header sent with it
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,9 @@ def _handler(fake: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             behaviour = fake.next_behaviour(call.body)
             if isinstance(behaviour, Fail):
                 self._json(
-                    behaviour.status, self._error_body(behaviour.status, behaviour.message), {"retry-after": "0"}
+                    behaviour.status,
+                    self._error_body(behaviour.status, behaviour.message),
+                    {"retry-after": behaviour.retry_after},
                 )
                 return
             if isinstance(behaviour, Hang):
@@ -242,7 +246,10 @@ def _handler(fake: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 for frame in head:
                     self._chunk(frame)
                 delay = behaviour.delay if isinstance(behaviour, Answer) else 0.0
-                for delta in behaviour.deltas:
+                hold = behaviour.hold if isinstance(behaviour, Answer) else None
+                for number, delta in enumerate(behaviour.deltas):
+                    if number == 1 and hold is not None:
+                        hold.wait(30)
                     if self._client_left(delay):
                         call.closed_at = time.monotonic()
                         self.close_connection = True

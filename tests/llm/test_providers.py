@@ -13,7 +13,7 @@ from django.test import override_settings
 
 from llm.anthropic_provider import AnthropicProvider, to_anthropic
 from llm.anthropic_provider import upstream_error as anthropic_upstream_error
-from llm.base import ChatMessage, CompletionRequest, ProviderError, ProviderTimeout, Usage
+from llm.base import ChatMessage, CompletionRequest, ProviderError, ProviderTimeout, ProviderUnavailable, Usage
 from llm.embeddings import MiniLMEmbedder, OpenAIEmbedder, get_embedder
 from llm.openai_provider import OpenAIProvider
 from llm.providers import configuration_error
@@ -43,10 +43,19 @@ def fake(request: pytest.FixtureRequest) -> Iterator[FakeUpstream]:
     upstream.stop()
 
 
-def provider_for(fake: FakeUpstream, *, timeout: float = 2.0, retries: int = 2) -> OpenAIProvider | AnthropicProvider:
-    if fake.flavour == "openai":
-        return OpenAIProvider(model="fake-model", api_key="test", base_url=fake.url, timeout=timeout, retries=retries)
-    return AnthropicProvider(model="fake-model", api_key="test", base_url=fake.url, timeout=timeout, retries=retries)
+def provider_for(
+    fake: FakeUpstream, *, timeout: float = 2.0, retries: int = 2, failures: int = 10, cool_down: float = 30.0
+) -> OpenAIProvider | AnthropicProvider:
+    kind = OpenAIProvider if fake.flavour == "openai" else AnthropicProvider
+    return kind(
+        model="fake-model",
+        api_key="test",
+        base_url=fake.url,
+        timeout=timeout,
+        retries=retries,
+        breaker_failures=failures,
+        breaker_seconds=cool_down,
+    )
 
 
 async def collect(provider: OpenAIProvider | AnthropicProvider, usage: Usage) -> list[str]:
@@ -73,6 +82,107 @@ async def test_a_failure_before_the_first_token_is_retried(fake: FakeUpstream) -
     fake.reset(None, Fail(500), Fail(429), Answer(REPLY))
     assert await collect(provider_for(fake, retries=2), Usage()) == list(REPLY)
     assert len(fake.calls) == 3
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_is_waited_out_with_one_upstream_call_per_try(fake: FakeUpstream, status: int) -> None:
+    fake.reset(None, Fail(status, retry_after="1"), Answer(REPLY))
+    assert await collect(provider_for(fake, retries=2), Usage()) == list(REPLY)
+    assert len(fake.calls) == 2
+    assert 1.0 <= fake.calls[1].opened_at - fake.calls[0].opened_at < 1.3
+
+
+async def test_a_retry_after_past_the_first_token_deadline_fails_at_once(fake: FakeUpstream) -> None:
+    fake.reset(None, Fail(429, retry_after="5"), Answer(REPLY))
+    started = time.monotonic()
+    with pytest.raises(ProviderError) as caught:
+        await collect(provider_for(fake, timeout=2.0, retries=2), Usage())
+    assert time.monotonic() - started < 0.5
+    assert (type(caught.value), caught.value.retry_after) == (ProviderError, 5.0)
+    assert str(caught.value) == f"The {fake.flavour} model provider is rate limiting requests (HTTP 429)."
+    assert len(fake.calls) == 1
+
+
+async def test_a_retry_after_on_a_500_is_not_the_upstreams_to_ask(fake: FakeUpstream) -> None:
+    # Only 429 and 503 say when to come back; a 500's header leaves the backoff (0.25 s) in charge.
+    fake.reset(None, Fail(500, retry_after="5"), Answer(REPLY))
+    assert await collect(provider_for(fake, timeout=2.0, retries=2), Usage()) == list(REPLY)
+    assert 0.25 <= fake.calls[1].opened_at - fake.calls[0].opened_at < 0.5
+
+
+async def test_failed_calls_open_the_breaker_until_a_probe_succeeds(fake: FakeUpstream) -> None:
+    provider = provider_for(fake, retries=1, failures=2, cool_down=0.5)
+    fake.reset(lambda body: Fail(500))
+    for _ in range(2):
+        assert provider.unavailable_for() is None
+        with pytest.raises(ProviderError) as caught:
+            await collect(provider, Usage())
+        assert type(caught.value) is ProviderError
+    # Two calls, each with its retry.
+    assert len(fake.calls) == 4
+    wait = provider.unavailable_for()
+    assert wait is not None and 0.4 < wait <= 0.5
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailable) as refused:
+        await collect(provider, Usage())
+    assert time.monotonic() - started < 0.05
+    assert (refused.value.code, refused.value.retryable) == ("provider_unavailable", True)
+    assert str(refused.value) == (
+        f"The {fake.flavour} model provider is unavailable after repeated failures; retry in 1 seconds."
+    )
+    assert len(fake.calls) == 4
+    # After the cool-down one probe goes; it fails, and the breaker opens again.
+    await asyncio.sleep(0.5)
+    assert provider.unavailable_for() is None
+    with pytest.raises(ProviderError) as caught:
+        await collect(provider, Usage())
+    assert type(caught.value) is ProviderError
+    assert len(fake.calls) == 6
+    with pytest.raises(ProviderUnavailable):
+        await collect(provider, Usage())
+    assert len(fake.calls) == 6
+    # The next probe succeeds: calls go through again.
+    await asyncio.sleep(0.5)
+    fake.reset(None, Answer(REPLY), Answer(REPLY))
+    assert await collect(provider, Usage()) == list(REPLY)
+    assert provider.unavailable_for() is None
+    assert await collect(provider, Usage()) == list(REPLY)
+    assert len(fake.calls) == 2
+
+
+async def test_client_cancels_and_bad_credentials_do_not_open_the_breaker(fake: FakeUpstream) -> None:
+    provider = provider_for(fake, retries=0, failures=1)
+    fake.reset(None, Hang())
+    task = asyncio.create_task(collect(provider, Usage()))
+    while not fake.calls:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    provider.client.api_key = "wrong"
+    fake.reset()
+    with pytest.raises(ProviderError) as caught:
+        await collect(provider, Usage())
+    assert caught.value.retryable is False
+    assert provider.unavailable_for() is None
+    provider.client.api_key = "test"
+    fake.reset(None, Answer(REPLY))
+    assert await collect(provider, Usage()) == list(REPLY)
+
+
+async def test_providers_behind_different_base_urls_have_breakers_of_their_own(fake: FakeUpstream) -> None:
+    provider = provider_for(fake, retries=0, failures=1)
+    fake.reset(None, Fail(500))
+    with pytest.raises(ProviderError):
+        await collect(provider, Usage())
+    assert provider.unavailable_for() is not None
+    other = FakeUpstream(fake.flavour).start()
+    try:
+        other.reset(None, Answer(REPLY))
+        assert provider_for(other, retries=0, failures=1).unavailable_for() is None
+        assert await collect(provider_for(other, retries=0, failures=1), Usage()) == list(REPLY)
+    finally:
+        other.stop()
 
 
 @pytest.mark.parametrize(
@@ -270,6 +380,15 @@ def test_anthropic_messages_put_late_system_text_after_the_history() -> None:
             {"MOONBORN_LLM_PROVIDER": "openai", "MOONBORN_LLM_API_KEY": "k", "MOONBORN_LLM_TIMEOUT_SECONDS": 0},
             "MOONBORN_LLM_TIMEOUT_SECONDS must be a positive number of seconds.",
         ),
+        (
+            {"MOONBORN_LLM_BREAKER_FAILURES": -1},
+            "MOONBORN_LLM_BREAKER_FAILURES must be a number of calls, or 0 to turn the breaker off.",
+        ),
+        (
+            {"MOONBORN_LLM_BREAKER_SECONDS": 0},
+            "MOONBORN_LLM_BREAKER_SECONDS must be a positive number of seconds.",
+        ),
+        ({"MOONBORN_LLM_BREAKER_FAILURES": 0}, None),
         (
             {"MOONBORN_EMBEDDINGS": "bert"},
             "MOONBORN_EMBEDDINGS='bert' is not an embedder Moonborn knows; use one of: local, openai.",
