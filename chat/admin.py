@@ -234,7 +234,31 @@ def lore_detail(message: Message) -> SafeString:
     return format_html('<div class="lore">{}</div>', format_html_join("", "{}", ((part,) for part in parts)))
 
 
-class MessageInline(ReadOnlyInline):
+class MessageColumns:
+    """A message's columns, in its session's inline and in the message list."""
+
+    @admin.display(description="content")
+    def content_excerpt(self, message: Message) -> str:
+        return excerpt(message)
+
+    @admin.display(description="drift score", ordering="drift_score")
+    def drift_score_display(self, message: Message) -> str:
+        return format_score(message.drift_score)
+
+    @admin.display(description="threshold", ordering="drift_threshold")
+    def threshold_display(self, message: Message) -> str:
+        return format_score(message.drift_threshold)
+
+    @admin.display(description="drift flag", ordering="flagged")
+    def flag(self, message: Message) -> SafeString:
+        return drift_flag(message)
+
+    @admin.display(description="lore")
+    def lore_display(self, message: Message) -> str:
+        return lore_summary(message)
+
+
+class MessageInline(MessageColumns, ReadOnlyInline):
     model = Message
     fields = (
         "index",
@@ -249,26 +273,6 @@ class MessageInline(ReadOnlyInline):
     readonly_fields = fields
     ordering = ("index",)
     show_change_link = True
-
-    @admin.display(description="content")
-    def content_excerpt(self, message: Message) -> str:
-        return excerpt(message)
-
-    @admin.display(description="drift score")
-    def drift_score_display(self, message: Message) -> str:
-        return format_score(message.drift_score)
-
-    @admin.display(description="threshold")
-    def threshold_display(self, message: Message) -> str:
-        return format_score(message.drift_threshold)
-
-    @admin.display(description="drift flag")
-    def flag(self, message: Message) -> SafeString:
-        return drift_flag(message)
-
-    @admin.display(description="lore")
-    def lore_display(self, message: Message) -> str:
-        return lore_summary(message)
 
 
 @admin.register(ChatSession)
@@ -357,7 +361,7 @@ class ChatSessionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnly, admin.ModelAdmin):
+class MessageAdmin(MessageColumns, ReadOnly, admin.ModelAdmin):
     # Read-only: a message is part of its session's numbered history (delete the session instead).
 
     list_display = (
@@ -416,29 +420,9 @@ class MessageAdmin(ReadOnly, admin.ModelAdmin):
         url = reverse("admin:chat_chatsession_change", args=[message.session_id])
         return format_html('<a href="{}">{}</a>', url, message.session)
 
-    @admin.display(description="content")
-    def content_excerpt(self, message: Message) -> str:
-        return excerpt(message)
-
-    @admin.display(description="drift score", ordering="drift_score")
-    def drift_score_display(self, message: Message) -> str:
-        return format_score(message.drift_score)
-
-    @admin.display(description="threshold", ordering="drift_threshold")
-    def threshold_display(self, message: Message) -> str:
-        return format_score(message.drift_threshold)
-
-    @admin.display(description="drift flag", ordering="flagged")
-    def flag(self, message: Message) -> SafeString:
-        return drift_flag(message)
-
     @admin.display(description="drift components")
     def drift_components_pretty(self, message: Message) -> SafeString:
         return pretty_json(message.drift_components)
-
-    @admin.display(description="lore")
-    def lore_display(self, message: Message) -> str:
-        return lore_summary(message)
 
     @admin.display(description="lore in the prompt")
     def lore_pretty(self, message: Message) -> SafeString:

@@ -16,12 +16,11 @@ from .base import (
     CompletionRequest,
     ProviderError,
     ProviderTimeout,
+    Upstream,
     Usage,
     count_tokens,
-    resilient_stream,
     retry_after_seconds,
 )
-from .breaker import Breaker, provider_breaker
 from .openai_provider import log_upstream_text, status_error
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
@@ -81,7 +80,7 @@ def to_anthropic(messages: tuple[ChatMessage, ...]) -> tuple[str, list[dict[str,
     return "\n\n".join(system), turns
 
 
-class AnthropicProvider:
+class AnthropicProvider(Upstream):
     """Stream Claude's answers over the Messages API."""
 
     name = "anthropic"
@@ -110,23 +109,6 @@ class AnthropicProvider:
             timeout=timeout + 5,
             max_retries=0,
         )
-
-    def stream(self, request: CompletionRequest, usage: Usage) -> AsyncGenerator[str, None]:
-        base = (usage.prompt_tokens, usage.completion_tokens)
-        return resilient_stream(
-            lambda: self._attempt(request, usage, base),
-            limit_seconds=self.timeout,
-            retries=self.retries,
-            breaker=self.breaker(),
-        )
-
-    def breaker(self) -> Breaker:
-        return provider_breaker(
-            self.name, self.base_url, failures=self.breaker_failures, cool_down=self.breaker_seconds
-        )
-
-    def unavailable_for(self) -> float | None:
-        return self.breaker().refusal()
 
     async def _attempt(
         self, request: CompletionRequest, usage: Usage, base: tuple[int, int]

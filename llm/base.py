@@ -3,6 +3,7 @@
 import asyncio
 import datetime
 import email.utils
+import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Any, Literal, Protocol
 
 from runs.events import RunError
 
-from .breaker import Admission, Breaker, unavailable_message
+from .breaker import Admission, Breaker, provider_breaker, unavailable_message
 
 Role = Literal["system", "user", "assistant"]
 
@@ -289,3 +290,32 @@ def _retry_pause(exc: ProviderError, attempt: int, retries: int, backoff: float)
         return exc.retry_after
     # No Retry-After, or one of 0 (as the SDKs read it): the backoff, so that retries are never instant.
     return backoff * 2**attempt
+
+
+class Upstream:
+    """What the providers with a remote upstream share: a stream is one `resilient_stream` of `_attempt`s within the
+    deadline, through the breaker of their upstream (its name and base URL)."""
+
+    name: str
+    base_url: str
+    timeout: float
+    retries: int
+    breaker_failures: int
+    breaker_seconds: float
+
+    def _attempt(self, request: CompletionRequest, usage: Usage, base: tuple[int, int]) -> AsyncGenerator[str, None]:
+        raise NotImplementedError
+
+    def stream(self, request: CompletionRequest, usage: Usage) -> AsyncGenerator[str, None]:
+        # Usage may carry earlier calls (a pipeline's steps): each attempt starts again from here.
+        base = (usage.prompt_tokens, usage.completion_tokens)
+        attempt = functools.partial(self._attempt, request, usage, base)
+        return resilient_stream(attempt, limit_seconds=self.timeout, retries=self.retries, breaker=self.breaker())
+
+    def breaker(self) -> Breaker:
+        return provider_breaker(
+            self.name, self.base_url, failures=self.breaker_failures, cool_down=self.breaker_seconds
+        )
+
+    def unavailable_for(self) -> float | None:
+        return self.breaker().refusal()

@@ -18,12 +18,11 @@ from .base import (
     CompletionRequest,
     ProviderError,
     ProviderTimeout,
+    Upstream,
     Usage,
     count_tokens,
-    resilient_stream,
     retry_after_seconds,
 )
-from .breaker import Breaker, provider_breaker
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ def _error_message(body: object) -> str:
     return ""
 
 
-class OpenAIProvider:
+class OpenAIProvider(Upstream):
     """Stream chat completions from an OpenAI-compatible server."""
 
     name = "openai"
@@ -146,24 +145,6 @@ class OpenAIProvider:
                 "json_schema": {"name": request.purpose or "answer", "schema": dict(request.json_schema)},
             }
         return arguments
-
-    def stream(self, request: CompletionRequest, usage: Usage) -> AsyncGenerator[str, None]:
-        # Usage may carry earlier calls (a pipeline's steps): each attempt starts again from here.
-        base = (usage.prompt_tokens, usage.completion_tokens)
-        return resilient_stream(
-            lambda: self._attempt(request, usage, base),
-            limit_seconds=self.timeout,
-            retries=self.retries,
-            breaker=self.breaker(),
-        )
-
-    def breaker(self) -> Breaker:
-        return provider_breaker(
-            self.name, self.base_url, failures=self.breaker_failures, cool_down=self.breaker_seconds
-        )
-
-    def unavailable_for(self) -> float | None:
-        return self.breaker().refusal()
 
     async def _open(self, arguments: dict[str, Any]) -> Any:
         """Send the request; the answer's headers have arrived when this returns."""
