@@ -17,7 +17,8 @@ from .lorebook import Book, LoreResult, activate
 from .progress import get_progress_writer
 from .prompt import Prompt, assemble_prompt
 from .scoring import score_record, score_tier0_async, tier0
-from .services import ReplyJob
+from .services import ReplyJob, ReplyStop
+from .stops import get_stop_writer
 from .text import ReplyText
 
 
@@ -158,13 +159,15 @@ async def generate_reply(job: ReplyJob, provider: Provider) -> AsyncIterator[Eve
         # Closing the provider's stream closes its upstream request: billing stops here.
         await stream.aclose()  # type: ignore[attr-defined]
         if not finished:
-            await db(
-                services.message_stop,
-                message_id=job.assistant_message_id,
-                content=text.text(),
-                status=stop_status,
-                error=error,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                lore=record,
+            # Stored with the ends of the other replies ending now (a server's shutdown cancels them all at once).
+            await get_stop_writer().stop(
+                ReplyStop(
+                    message_id=job.assistant_message_id,
+                    content=text.text(),
+                    status=stop_status,
+                    error=error,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    lore=record,
+                )
             )

@@ -347,7 +347,54 @@ def message_complete(
         )
 
 
+@dataclass(frozen=True)
+class ReplyStop:
+    """The end of a reply that did not finish, for `messages_stop`."""
+
+    message_id: str
+    content: str
+    # `cancelled` or `failed`.
+    status: str
+    error: str
+    prompt_tokens: int
+    completion_tokens: int
+    lore: dict[str, Any] | None = None
+
+
+# Rows per stop statement: always the same statement (a short last group is filled with rows that match nothing),
+# as for progress.
+STOP_ROWS = 200
+
+
 @transaction.atomic
+def messages_stop(*, stops: list[ReplyStop]) -> None:
+    """End replies that did not finish, keeping what each had produced (and the lore its prompt used), and their
+    usage, in one transaction with a statement per STOP_ROWS replies for each table.
+
+    A reply no longer `streaming` (it completed meanwhile, or a reaper failed it) and a usage record no longer
+    `running` keep what they have.
+    """
+    sql = turn_sql()
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    lore_field = Message._meta.get_field("lore")
+    replies, usage = sql.stops(STOP_ROWS), sql.usage_stops(STOP_ROWS)
+    with connection.cursor() as cursor:
+        for start in range(0, len(stops), STOP_ROWS):
+            group = stops[start : start + STOP_ROWS]
+            padding = STOP_ROWS - len(group)  # no message has the id ""
+            rows: list[Any] = [now]
+            for stop in group:
+                lore = lore_field.get_db_prep_save(stop.lore or {}, connection)
+                rows += (stop.message_id, stop.content, stop.status, stop.error, lore)
+            rows += ["", "", "", "", "{}"] * padding
+            cursor.execute(replies, [*rows, Message.Status.STREAMING])
+            counts: list[Any] = [now]
+            for stop in group:
+                counts += (stop.message_id, stop.status, stop.prompt_tokens, stop.completion_tokens)
+            counts += ["", "", 0, 0] * padding
+            cursor.execute(usage, [*counts, UsageRecord.Kind.CHAT, UsageRecord.Status.RUNNING])
+
+
 def message_stop(
     *,
     message_id: str,
@@ -358,14 +405,8 @@ def message_stop(
     completion_tokens: int,
     lore: dict[str, Any] | None = None,
 ) -> None:
-    """End a reply that did not finish (`cancelled` or `failed`), keeping what it had produced (and the lore its
-    prompt used)."""
-    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
-        content=content, status=status, error=error, lore=lore or {}, completed_at=timezone.now()
-    )
-    UsageRecord.objects.filter(run_id=message_id, kind=UsageRecord.Kind.CHAT).update(
-        status=status, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, ended_at=timezone.now()
-    )
+    """End one reply that did not finish (`messages_stop`)."""
+    messages_stop(stops=[ReplyStop(message_id, content, status, error, prompt_tokens, completion_tokens, lore)])
 
 
 def lore_state(*, session_id: str, before_index: int) -> dict[str, Any]:

@@ -109,6 +109,8 @@ class TurnSql:
         # started, against 17 ms alone (bench/sqlite_gil.py). A database server sends the
         # rows at once, so there they stay rows, and its statements stay apart (see read_turns).
         self.one_row = connection.vendor == "sqlite"
+        # A JSON column set from a `VALUES` row: text there, which PostgreSQL's jsonb takes only cast.
+        self.jsonb = "::jsonb" if connection.vendor == "postgresql" else ""
 
         self.session_drift = (
             f"SELECT s.id, s.drift_ewma, s.drift_streak FROM {self.session} s"
@@ -243,6 +245,27 @@ class TurnSql:
         return (
             f"UPDATE {self.message} SET content = v.column2 FROM (VALUES {rows}) AS v"
             f" WHERE {self.message}.id = v.column1 AND {self.message}.status = %s"
+        )
+
+    def stops(self, n: int) -> str:
+        """End n replies still streaming from (id, content, status, error, lore) rows, in one statement; the time is
+        the first parameter, the status they must still have the last."""
+        rows = ", ".join(["(%s, %s, %s, %s, %s)"] * n)
+        return (
+            f"UPDATE {self.message} SET content = v.column2, status = v.column3, error = v.column4,"
+            f" lore = v.column5{self.jsonb}, completed_at = %s FROM (VALUES {rows}) AS v"
+            f" WHERE {self.message}.id = v.column1 AND {self.message}.status = %s"
+        )
+
+    def usage_stops(self, n: int) -> str:
+        """End n replies' usage records still running from (run id, status, prompt tokens, completion tokens) rows,
+        in one statement; the time is the first parameter, then the rows, the kind, the status they must have."""
+        rows = ", ".join(["(%s, %s, %s, %s)"] * n)
+        return (
+            f"UPDATE {self.usage_table} SET status = v.column2, prompt_tokens = v.column3,"
+            f" completion_tokens = v.column4, ended_at = %s FROM (VALUES {rows}) AS v"
+            f" WHERE {self.usage_table}.run_id = v.column1 AND {self.usage_table}.kind = %s"
+            f" AND {self.usage_table}.status = %s"
         )
 
     def touch(self, n: int) -> str:

@@ -27,11 +27,12 @@ from .replies import generate_reply
 from .services import (
     ChatConflict,
     ReplyJob,
+    ReplyStop,
     TurnOutcome,
     TurnRequest,
     message_create_turns,
-    message_stop,
 )
+from .stops import get_stop_writer
 
 logger = logging.getLogger(__name__)
 
@@ -147,14 +148,15 @@ def _write(requests: list[TurnRequest]) -> list[TurnOutcome | BaseException]:
 
 async def _abandon(job: ReplyJob) -> None:
     try:
-        await db(
-            message_stop,
-            message_id=job.assistant_message_id,
-            content="",
-            status="cancelled",
-            error="Cancelled before the reply started.",
-            prompt_tokens=0,
-            completion_tokens=0,
+        await get_stop_writer().stop(
+            ReplyStop(
+                message_id=job.assistant_message_id,
+                content="",
+                status="cancelled",
+                error="Cancelled before the reply started.",
+                prompt_tokens=0,
+                completion_tokens=0,
+            )
         )
     except Exception:
         logger.exception("could not end the abandoned reply %s", job.assistant_message_id)

@@ -7,6 +7,9 @@ of 1,000 streams opened at once, a third reached Moonborn 0.9-3 s late while eve
 turn, as asyncio's own loop does (it takes up to the backlog). Bounded, so that one of several workers sharing a
 socket does not take a whole burst while its loop is busy. Everything else is uvloop's.
 
+The loop also keeps the servers it made, so that a worker told to stop (runs.lifecycle) closes its listening sockets
+at once (`close_listeners`) instead of at the end of its drain.
+
     uvicorn moonborn_site.asgi:application --loop moonborn_site.serving:BurstAcceptLoop
 """
 
@@ -32,7 +35,12 @@ ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 
 class BurstAcceptLoop(uvloop.Loop):
-    """uvloop, but a plain TCP server takes up to ACCEPT_BURST waiting connections per turn of the loop."""
+    """uvloop, but a plain TCP server takes up to ACCEPT_BURST waiting connections per turn of the loop; and the
+    servers it made can be told to stop listening (`close_listeners`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.servers: list[asyncio.AbstractServer] = []
 
     async def create_server(  # type: ignore[override]
         self,
@@ -53,6 +61,7 @@ class BurstAcceptLoop(uvloop.Loop):
             server: asyncio.AbstractServer = await delegated(
                 protocol_factory, host, port, sock=sock, backlog=backlog, ssl=ssl, reuse_port=reuse_port, **options
             )
+            self.servers.append(server)
             return server
         sockets = [sock] if sock is not None else await self._listening_sockets(host, port)
         for listening in sockets:
@@ -60,6 +69,7 @@ class BurstAcceptLoop(uvloop.Loop):
             listening.setblocking(False)
         burst = BurstServer(self, sockets, protocol_factory)
         burst._start()
+        self.servers.append(burst)
         return burst
 
     async def _listening_sockets(self, host: str | None, port: int | None) -> list[socket.socket]:
@@ -164,3 +174,14 @@ class BurstServer(asyncio.AbstractServer):
         """Return once closed: uvicorn waits for the connections itself."""
         while self._opening:
             await asyncio.gather(*self._opening, return_exceptions=True)
+
+
+def close_listeners(loop: asyncio.AbstractEventLoop) -> bool:
+    """Close the listening sockets of every server `loop` made: from now on a new connection is refused (another
+    worker sharing the socket takes it), and those already open are served on. False when `loop` is not a
+    BurstAcceptLoop, which is the one that knows its servers."""
+    if not isinstance(loop, BurstAcceptLoop):
+        return False
+    for server in loop.servers:
+        server.close()
+    return True

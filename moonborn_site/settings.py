@@ -255,8 +255,11 @@ MOONBORN_REDIS_PREFIX = env.str("MOONBORN_REDIS_PREFIX", default="moonborn")
 # A worker that has not refreshed its liveness key for this long is dead; the reaper fails its runs.
 MOONBORN_WORKER_TTL_SECONDS = env.float("MOONBORN_WORKER_TTL_SECONDS", default=15.0)
 MOONBORN_REAPER_SECONDS = env.float("MOONBORN_REAPER_SECONDS", default=10.0)
-# On SIGTERM: how long runs in progress may take to finish before the process exits.
-MOONBORN_SHUTDOWN_DRAIN_SECONDS = env.float("MOONBORN_SHUTDOWN_DRAIN_SECONDS", default=30.0)
+# On SIGTERM: the time from the signal to the process's exit, a few seconds under the usual kill grace (30 s in
+# Kubernetes), since the server's own exit comes after it. Runs in progress may finish for all of it but the last
+# MOONBORN_SHUTDOWN_CANCEL_SECONDS; then the ones left are cancelled and their replies stored, as far as they got.
+MOONBORN_SHUTDOWN_DRAIN_SECONDS = env.float("MOONBORN_SHUTDOWN_DRAIN_SECONDS", default=25.0)
+MOONBORN_SHUTDOWN_CANCEL_SECONDS = env.float("MOONBORN_SHUTDOWN_CANCEL_SECONDS", default=5.0)
 # Partial reply content is written to the database at most this often while a reply streams.
 MOONBORN_PROGRESS_FLUSH_SECONDS = env.float("MOONBORN_PROGRESS_FLUSH_SECONDS", default=1.0)
 # Drift tiers. Tier 0 (a static table distilled from the packaged MiniLM, built once and kept here) scores every

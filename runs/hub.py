@@ -35,6 +35,10 @@ class OnDisconnect(StrEnum):
     CONTINUE = "continue"
 
 
+# The `cancelled` error of a run that its server's shutdown stopped.
+SHUTDOWN_CANCELLED = "The server shut down before the run finished."
+
+
 class RunNotFound(LookupError):
     """The run is unknown here: never started, or its events are past retention."""
 
@@ -195,6 +199,8 @@ class _Run:
     on_done: Callable[["_Run"], None] | None = None
     # While not None: the events after this id are logged but not yet handed to the followers (`release`).
     held: int | None = None
+    # Cancelled because this process is stopping (`Hub.stop_runs`), not by anyone who asked.
+    stopped: bool = False
 
     @property
     def count(self) -> int:
@@ -452,7 +458,8 @@ class Hub:
                     self._publish(run, error_event("The run ended unexpectedly.", "internal_error", retryable=True))
         except asyncio.CancelledError:
             if not run.done:
-                self._publish(run, error_event("The run was cancelled.", "cancelled", retryable=False))
+                message = SHUTDOWN_CANCELLED if run.stopped else "The run was cancelled."
+                self._publish(run, error_event(message, "cancelled", retryable=False))
             raise
         except RunError as exc:
             if not run.done:
@@ -649,10 +656,34 @@ class Hub:
 
     async def drain(self, within: float) -> None:
         """Wait (up to `within` seconds) for the runs this process produces to finish."""
-        tasks = {run.task for run in self._runs.values() if run.task is not None and not run.task.done()}
+        tasks = self._going()
         if tasks:
             logger.info("draining %d run(s) before shutdown", len(tasks))
             await asyncio.wait(tasks, timeout=within)
+
+    async def stop_runs(self, within: float) -> tuple[int, int]:
+        """Cancel every run this process still produces and wait (up to `within` seconds) for their clean-up, in
+        which each stores how far it got; return how many were cancelled and how many had not ended by then.
+
+        For a process that is about to exit: no other process can take a run over, so cancelled and stored is the
+        best end a run that has not finished can have. Runs whose terminal event is out are not cancelled: only
+        their clean-up is waited for.
+        """
+        tasks = self._going()
+        cancelled = 0
+        for run in self._runs.values():
+            if run.task is not None and not run.task.done() and not run.done:
+                run.stopped = True
+                run.task.cancel()
+                cancelled += 1
+        if not tasks:
+            return 0, 0
+        _, pending = await asyncio.wait(tasks, timeout=within)
+        return cancelled, len(pending)
+
+    def _going(self) -> set["asyncio.Task[None]"]:
+        """The tasks of the runs this process produces that have not ended (their clean-up included)."""
+        return {run.task for run in self._runs.values() if run.task is not None and not run.task.done()}
 
 
 class InProcessHub(Hub):

@@ -4,9 +4,12 @@
   saved is kept); with Redis a periodic reaper does the same for runs of workers that died.
 - A stream whose client stops reading is dropped after MOONBORN_SSE_WRITE_TIMEOUT_SECONDS of blocked
   writes; its run then follows its `on_disconnect` policy. The server never buffers for it.
-- On SIGTERM the process takes no new runs (503), releases every follower with a `server_shutdown`
-  error carrying its last event id (so the client resumes elsewhere without a gap), lets its runs
-  finish (up to MOONBORN_SHUTDOWN_DRAIN_SECONDS), then lets the server exit.
+- On SIGTERM the process closes its listening sockets (new connections are refused; another worker sharing them
+  takes them), takes no new runs on the connections it has (503), releases every follower with a `server_shutdown`
+  error carrying its last event id (so the client resumes elsewhere without a gap) and lets its runs finish. With
+  MOONBORN_SHUTDOWN_CANCEL_SECONDS of MOONBORN_SHUTDOWN_DRAIN_SECONDS left, it cancels the runs still going, waits
+  for each to store how far it got (the replies' ends in shared transactions, chat.stops), then lets the server
+  exit.
 """
 
 import asyncio
@@ -22,6 +25,8 @@ from typing import Any
 
 from django.conf import settings
 from django.utils.module_loading import import_string
+
+from moonborn_site.serving import close_listeners
 
 from .asgi import GuardedSend
 from .db import db
@@ -213,16 +218,42 @@ class StreamGuard:
                 self._exit(previous, sig, frame)
                 return
             self._draining = True
-            loop.call_soon_threadsafe(self._spawn, self._drain_then_exit(previous, sig))
+            # The drain is timed from the signal: a loop busy with thousands of streams starts its task late.
+            loop.call_soon_threadsafe(self._spawn, self._drain_then_exit(previous, sig, loop.time()))
 
         signal.signal(signal.SIGTERM, handle)
 
-    async def _drain_then_exit(self, previous: Any, sig: int) -> None:
+    async def _drain_then_exit(self, previous: Any, sig: int, signalled: float) -> None:
+        loop = asyncio.get_running_loop()
+        budget = settings.MOONBORN_SHUTDOWN_DRAIN_SECONDS
         hub = get_hub()
-        logger.info("SIGTERM: releasing followers and finishing runs before exit")
-        hub.begin_shutdown()
-        await hub.drain(settings.MOONBORN_SHUTDOWN_DRAIN_SECONDS)
-        self._exit(previous, sig, None)
+        try:
+            # Before the followers are released: a client told to resume elsewhere must not land here again.
+            if not close_listeners(loop):
+                logger.warning(
+                    "SIGTERM: the listening sockets stay open until the server exits (they close at once with "
+                    "--loop moonborn_site.serving:BurstAcceptLoop); new runs get 503"
+                )
+            hub.begin_shutdown()
+            logger.info("SIGTERM: releasing followers and finishing runs before exit")
+            await hub.drain(max(0.0, signalled + budget - settings.MOONBORN_SHUTDOWN_CANCEL_SECONDS - loop.time()))
+            stopping = loop.time()
+            cancelled, unfinished = await hub.stop_runs(max(0.0, signalled + budget - stopping))
+            if cancelled:
+                logger.warning(
+                    "SIGTERM: %d run(s) still going after %.1f s cancelled; storing their ends took %.2f s",
+                    cancelled,
+                    stopping - signalled,
+                    loop.time() - stopping,
+                )
+            if unfinished:
+                logger.error(
+                    "SIGTERM: %d run(s) had not ended when the drain ran out; they are left to the recovery of "
+                    "unfinished runs",
+                    unfinished,
+                )
+        finally:
+            self._exit(previous, sig, None)
 
     @staticmethod
     def _exit(previous: Any, sig: int, frame: FrameType | None) -> None:

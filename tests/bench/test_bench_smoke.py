@@ -192,6 +192,29 @@ def test_bench_smoke_sqlite_reads_under_a_busy_thread():
     assert [re.sub(r"median +\d+\.\d\d ms \(max +\d+\.\d\d\)", "N ms (max N)", line) for line in lines] == ways
 
 
+def test_bench_smoke_shutdown_final_writes():
+    head, *rows = run_bench("shutdown.py", "writes", "--replies", "5")
+    assert head == "ends of replies cut short (~1008 characters each), SQLite file, one process"
+    assert [re.sub(r"\d+\.\d\d s", "N s", row) for row in rows] == [
+        "       5 replies, chat.stops (shared transactions): N s, 1 transaction(s), 0 left streaming",
+        "       5 replies, one transaction each (before): N s, 5 transaction(s), 0 left streaming",
+    ]
+
+
+def test_bench_smoke_shutdown_with_open_streams():
+    report = json.loads(
+        "\n".join(
+            run_bench("shutdown.py", "sigterm", "--streams", "10", "--hold", "0.5", "--drain", "2", "--cancel", "1")
+        )
+    )
+    assert (report["streams"], report["streams_with_server_shutdown"], report["new_connection"]) == (10, 10, "refused")
+    assert report["replies"] == [
+        {"status": "cancelled", "usage": "cancelled", "count": 10, "with_content": 10, "with_completion_tokens": 10,
+         "with_prompt_tokens": 10}
+    ]  # fmt: skip
+    assert report["exit_code"] == -15
+
+
 def test_bench_smoke_timeline_of_simultaneous_streams():
     lines = run_bench("timeline.py", "--rounds", "1", "-n", "12", "--tokens", "6", "--delay-ms", "5")
     spread = r"p50 +\d+\.\d · p90 +\d+\.\d · p99 +\d+\.\d · max +\d+\.\d ms"

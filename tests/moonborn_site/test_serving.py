@@ -153,3 +153,31 @@ def test_what_it_does_not_serve_itself_is_uvloops(loop: serving.BurstAcceptLoop)
     assert not isinstance(shared, serving.BurstServer)
     shared.close()
     loop.run_until_complete(shared.wait_closed())
+
+
+def test_close_listeners_closes_every_server_the_loop_made_and_keeps_the_connections(
+    loop: serving.BurstAcceptLoop,
+) -> None:
+    factory, made = recorder()
+    burst = loop.run_until_complete(loop.create_server(factory, "127.0.0.1", 0))
+    shared = loop.run_until_complete(loop.create_server(factory, "127.0.0.1", 0, reuse_port=True))
+    ports = [server.sockets[0].getsockname()[1] for server in (burst, shared)]
+    clients = [socket.create_connection(("127.0.0.1", port)) for port in ports]
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert loop.servers == [burst, shared]
+    assert serving.close_listeners(loop) is True
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert [server.is_serving() for server in (burst, shared)] == [False, False]
+    for port in ports:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=1)
+    assert [transport.is_closing() for transport in made] == [False, False]
+    close_all(made, clients)
+
+
+def test_close_listeners_leaves_another_loop_alone() -> None:
+    other = asyncio.new_event_loop()
+    try:
+        assert serving.close_listeners(other) is False
+    finally:
+        other.close()

@@ -353,6 +353,58 @@ async def test_shutdown_releases_followers_with_the_last_id_and_lets_the_run_fin
     assert (await hub.info("run1")).terminal == Event("completed", {"messageId": "msg_1"})
 
 
+async def test_stop_runs_cancels_the_runs_still_going_and_waits_for_their_clean_up(make_hub):
+    hub = make_hub()
+    stored: list[str] = []
+
+    async def storing(run_id: str, n: int):
+        try:
+            yield Event("message.started", {"messageId": run_id})
+            for i in range(n):
+                await asyncio.sleep(0.01)
+                yield Event("token", {"delta": f"t{i}"})
+            yield Event("completed", {"messageId": run_id})
+        finally:
+            await asyncio.sleep(0.05)  # the reply's final write
+            stored.append(run_id)
+
+    for number in range(3):
+        await hub.start(
+            f"run{number}", owner_id=1, flow=storing(f"run{number}", 10_000), on_disconnect=OnDisconnect.CONTINUE
+        )
+    await hub.start("short", owner_id=1, flow=storing("short", 1), on_disconnect=OnDisconnect.CONTINUE)
+    hub.begin_shutdown()
+    await hub.drain(within=0.2)
+    assert stored == ["short"]
+    assert await hub.stop_runs(within=5) == (3, 0)
+    assert sorted(stored) == ["run0", "run1", "run2", "short"]
+    assert hub.local_run_ids() == set()
+    for number in range(3):
+        assert (await hub.info(f"run{number}")).terminal == Event(
+            "error", {"error": "The server shut down before the run finished.", "code": "cancelled", "retryable": False}
+        )
+    assert (await hub.info("short")).terminal == Event("completed", {"messageId": "short"})
+    assert await hub.active_count(1) == 0
+    assert await hub.stop_runs(within=5) == (0, 0)
+
+
+async def test_stop_runs_counts_the_runs_whose_clean_up_outlasts_it(make_hub):
+    hub = make_hub()
+
+    async def slow_to_end():
+        try:
+            yield Event("message.started", {"messageId": "msg_1"})
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.5)
+
+    await hub.start("run1", owner_id=1, flow=slow_to_end(), on_disconnect=OnDisconnect.CONTINUE)
+    await asyncio.sleep(0.01)
+    assert await hub.stop_runs(within=0.05) == (1, 1)
+    await hub.wait("run1")
+    assert (await hub.info("run1")).terminal.data["code"] == "cancelled"
+
+
 def test_a_follower_far_behind_gets_its_frames_in_bounded_writes() -> None:
     from runs.events import Event
     from runs.hub import WRITE_LIMIT, OnDisconnect, _Run
