@@ -325,6 +325,13 @@ class ChatSessionAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    # Deleted as the API deletes one: the session's replies are taken out of its persona's drift counters.
+    def delete_model(self, request: HttpRequest, obj: ChatSession) -> None:
+        services.chat_sessions_delete(session_ids=[obj.pk])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ChatSession]) -> None:
+        services.chat_sessions_delete(session_ids=list(queryset.values_list("pk", flat=True)))
+
     @admin.display(description="messages", ordering="message_total")
     def message_count(self, session: ChatSession) -> int:
         return int(getattr(session, "message_total", 0))

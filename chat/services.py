@@ -6,13 +6,13 @@ from typing import Any
 
 import numpy as np
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Case, Count, F, Q, Sum, Value, When
 from django.utils import timezone
 
 from accounts.models import UsageRecord
 from moonborn_site.ids import new_message_id
 from moonborn_site.state import Lru, process_state
-from personas.models import Persona, PersonaStep
+from personas.models import Persona, PersonaDriftStats, PersonaStep
 
 from .drift import CALIBRATION_VERSION, centroid
 from .lorebook import Book, parse_book
@@ -307,7 +307,7 @@ def message_complete(
     lore: dict[str, Any] | None = None,
 ) -> None:
     """Store a finished reply with its drift score (and the lore its prompt used), update the session's drift
-    average and usage.
+    average, its persona's drift counters and usage.
 
     In plain SQL, like the turn: every reply ends here, and the ORM's statements cost ~2 ms of CPU each time.
     Raises Message.DoesNotExist if the reply is gone (its session was deleted).
@@ -321,7 +321,7 @@ def message_complete(
         row = cursor.fetchone()
         if row is None:
             raise Message.DoesNotExist(f"No message {message_id}.")
-        session_id, previous, streak = row
+        session_id, previous, streak, persona_id, role, old_score, old_flagged = row
         cursor.execute(
             sql.complete,
             [
@@ -336,6 +336,16 @@ def message_complete(
                 message_id,
             ],
         )
+        if cursor.rowcount == 0:
+            # Gone since it was read: a session delete took it, and counted it out as it was (chat_sessions_delete).
+            raise Message.DoesNotExist(f"No message {message_id}.")
+        if role == Message.Role.ASSISTANT and old_score is None:
+            cursor.execute(sql.drift_stats_add, [persona_id, int(flagged), drift_score])
+        elif role == Message.Role.ASSISTANT:
+            # Scored again: the new score replaces the one its persona's counters have.
+            cursor.execute(
+                sql.drift_stats_change, [int(flagged) - int(bool(old_flagged)), drift_score - old_score, persona_id]
+            )
         ewma = drift_score if previous is None else EWMA_WEIGHT * drift_score + (1 - EWMA_WEIGHT) * previous
         streak = int(streak) + 1 if ewma > drift_threshold else 0
         # Set once: the first turn of a sustained drift (COALESCE keeps an earlier one).
@@ -629,5 +639,34 @@ def message_tier1_store(*, worker_id: str, results: dict[str, Tier1Score | Tier1
 
 
 def chat_session_delete(*, owner_id: int, session_id: str) -> bool:
-    deleted, _ = ChatSession.objects.filter(owner_id=owner_id, pk=session_id).delete()
-    return deleted > 0
+    ids = list(ChatSession.objects.filter(owner_id=owner_id, pk=session_id).values_list("pk", flat=True))
+    return chat_sessions_delete(session_ids=ids) > 0
+
+
+@transaction.atomic
+def chat_sessions_delete(*, session_ids: list[str]) -> int:
+    """Delete these sessions with their messages, their replies taken out of their personas' drift counters; the
+    number of sessions deleted.
+
+    Their replies are locked first (PostgreSQL; SQLite has one writer at a time), scored or not: a reply being
+    stored meanwhile is either stored before they are counted, or finds itself deleted and adds nothing
+    (message_complete).
+    """
+    replies = Message.objects.filter(session_id__in=session_ids, role=Message.Role.ASSISTANT)
+    if connection.features.has_select_for_update:
+        list(replies.select_for_update(of=("self",)).values_list("pk", flat=True))
+    counted = (
+        replies.filter(drift_score__isnull=False)
+        .order_by()
+        .values_list("session__persona_id")
+        .annotate(replies=Count("pk"), flagged=Count("pk", filter=Q(flagged=True)), drift_sum=Sum("drift_score"))
+    )
+    for persona_id, count, flagged, drift_sum in counted:
+        PersonaDriftStats.objects.filter(persona_id=persona_id).update(
+            replies=F("replies") - count,
+            flagged=F("flagged") - flagged,
+            # Back to an exact zero with the last reply, not what the additions and subtractions leave over.
+            drift_sum=Case(When(replies=count, then=Value(0.0)), default=F("drift_sum") - drift_sum),
+        )
+    _, deleted = ChatSession.objects.filter(pk__in=session_ids).delete()
+    return deleted.get(ChatSession._meta.label, 0)

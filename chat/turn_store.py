@@ -16,7 +16,7 @@ from django.utils.dateparse import parse_datetime
 
 from accounts.models import UsageRecord
 from moonborn_site.state import process_state
-from personas.models import Persona
+from personas.models import Persona, PersonaDriftStats
 
 from .models import ChatSession, DriftJob, Message
 
@@ -113,8 +113,8 @@ class TurnSql:
         self.jsonb = "::jsonb" if connection.vendor == "postgresql" else ""
 
         self.session_drift = (
-            f"SELECT s.id, s.drift_ewma, s.drift_streak FROM {self.session} s"
-            f" JOIN {self.message} m ON m.session_id = s.id WHERE m.id = %s"
+            f"SELECT s.id, s.drift_ewma, s.drift_streak, s.persona_id, m.role, m.drift_score, m.flagged"
+            f" FROM {self.session} s JOIN {self.message} m ON m.session_id = s.id WHERE m.id = %s"
         )
         self.complete = (
             f"UPDATE {self.message} SET content = %s, status = %s, drift_score = %s, drift_threshold = %s,"
@@ -123,6 +123,18 @@ class TurnSql:
         self.session_drifted = (
             f"UPDATE {self.session} SET drift_ewma = %s, drift_streak = %s,"
             " sustained_drift_at = COALESCE(sustained_drift_at, %s), updated_at = %s WHERE id = %s"
+        )
+        # A persona's drift counters (personas.models.PersonaDriftStats): a new reply added to them (its row made by
+        # the persona's first), and a reply scored again, whose row is there. Apart, since an insert's values are
+        # checked before its conflict is found: a change that lowers a count cannot go through one.
+        stats = q(PersonaDriftStats._meta.db_table)
+        self.drift_stats_add = (
+            f"INSERT INTO {stats} (persona_id, replies, flagged, drift_sum) VALUES (%s, 1, %s, %s)"
+            f" ON CONFLICT (persona_id) DO UPDATE SET replies = {stats}.replies + 1,"
+            f" flagged = {stats}.flagged + excluded.flagged, drift_sum = {stats}.drift_sum + excluded.drift_sum"
+        )
+        self.drift_stats_change = (
+            f"UPDATE {stats} SET flagged = flagged + %s, drift_sum = drift_sum + %s WHERE persona_id = %s"
         )
         self.usage_ended = (
             f"UPDATE {self.usage_table} SET status = %s, prompt_tokens = %s, completion_tokens = %s, ended_at = %s"

@@ -29,7 +29,7 @@ from moonborn_site.adminkit import ReadOnlyInline, pretty_json
 from .card_services import card_import_prepare, persona_card, persona_import
 from .cards import CardError, parse_card_bytes
 from .models import STEP_NAMES, Persona, PersonaStep
-from .selectors import with_drift_stats
+from .selectors import SCORING_FIELDS, with_drift_stats
 
 EMPTY = "—"
 
@@ -122,16 +122,7 @@ class PersonaChangeList(ChangeList):
         return (
             super()
             .get_queryset(request, exclude_parameters)
-            .defer(
-                "card",
-                "calibration",
-                "calibration_replies",
-                "anchor_vectors",
-                "drift_anchors",
-                "system_prompt",
-                "post_history_instructions",
-                "prompt",
-            )
+            .defer(*SCORING_FIELDS, "card", "drift_anchors", "system_prompt", "post_history_instructions", "prompt")
         )
 
 

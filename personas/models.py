@@ -82,3 +82,23 @@ class PersonaStep(models.Model):
 
     def __str__(self) -> str:
         return f"{self.persona_id} {self.name}"
+
+
+class PersonaDriftStats(models.Model):
+    """The drift statistics of a persona's replies (its assistant messages with a drift score), kept as counters.
+
+    Lists read them by the persona's id, whatever the number of messages: the chat services add a reply when its
+    score is stored (`chat.services.message_complete`) and take away the replies of the sessions they delete, in the
+    same transaction. A row of its own, narrow, so that these writes never rewrite the wide persona row nor change its
+    `updated_at` (the version its cached voice is kept under). Made by the persona's first reply (or a recount,
+    `personas.services.persona_drift_stats_recount`): a persona without one reads as zero.
+    """
+
+    persona = models.OneToOneField(Persona, on_delete=models.CASCADE, primary_key=True, related_name="drift_stats")
+    replies = models.PositiveIntegerField(default=0)
+    flagged = models.PositiveIntegerField(default=0)
+    # The sum of the replies' drift scores: the mean is drift_sum / replies.
+    drift_sum = models.FloatField(default=0.0)
+
+    def __str__(self) -> str:
+        return f"{self.persona_id}: {self.replies} replies, {self.flagged} flagged"

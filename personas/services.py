@@ -8,13 +8,15 @@ from django.utils import timezone
 
 from accounts.models import UsageRecord
 
-from .models import Persona, PersonaStep
-from .selectors import with_drift_stats
+from .models import Persona, PersonaDriftStats, PersonaStep
+from .selectors import SCORING_FIELDS, drift_counts, with_drift_stats
 
 
 def persona_queryset(*, owner_id: int) -> QuerySet[Persona]:
-    """The owner's personas with their steps and the drift statistics of their chats."""
-    return with_drift_stats(Persona.objects.filter(owner_id=owner_id).prefetch_related("steps"))
+    """The owner's personas with their steps and the drift statistics of their chats, as the API shows them (without
+    the columns only drift scoring reads)."""
+    personas = Persona.objects.filter(owner_id=owner_id).defer(*SCORING_FIELDS).prefetch_related("steps")
+    return with_drift_stats(personas)
 
 
 @transaction.atomic
@@ -131,3 +133,21 @@ def persona_streaming_replies(*, persona_id: str) -> list[str]:
 def persona_delete(*, owner_id: int, persona_id: str) -> bool:
     deleted, _ = Persona.objects.filter(owner_id=owner_id, pk=persona_id).delete()
     return deleted > 0
+
+
+@transaction.atomic
+def persona_drift_stats_recount(*, persona_ids: list[str]) -> None:
+    """Set these personas' drift counters to what their messages hold (`selectors.drift_counts`).
+
+    For rows written other than by the chat services (a repair, a data load): the services keep the counters right
+    as they write, and this reads every message of the personas. The counters are locked before the messages are
+    counted: a reply stored meanwhile writes its message before its counter, so it is counted here or adds itself
+    after, never both.
+    """
+    ids = list(Persona.objects.filter(pk__in=persona_ids).values_list("pk", flat=True))
+    PersonaDriftStats.objects.bulk_create([PersonaDriftStats(persona_id=pk) for pk in ids], ignore_conflicts=True)
+    list(PersonaDriftStats.objects.select_for_update().filter(persona_id__in=ids).values_list("pk"))
+    for persona_id, counts in drift_counts(persona_ids=ids).items():
+        PersonaDriftStats.objects.filter(persona_id=persona_id).update(
+            replies=counts.replies, flagged=counts.flagged, drift_sum=counts.drift_sum
+        )

@@ -6,6 +6,7 @@ from django.contrib.auth import get_user_model
 from chat.models import ChatSession, Message
 from chat.services import ReplyJob, TurnRequest, message_create_turns
 from personas.models import Persona
+from personas.services import persona_drift_stats_recount
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -48,6 +49,13 @@ class MessageFactory(factory.django.DjangoModelFactory):
     drift_score = 0.2
     drift_threshold = 0.95
     flagged = False
+
+    @classmethod
+    def _create(cls, model_class: type[Message], *args: object, **kwargs: object) -> Message:
+        message = super()._create(model_class, *args, **kwargs)
+        # Written here, not by the chat services that keep its persona's drift counters: counted as they would be.
+        persona_drift_stats_recount(persona_ids=[message.session.persona_id])
+        return message
 
 
 def calibrated_persona(*, anchors: list[str], samples: list[str] = (), **fields: object) -> Persona:  # type: ignore[assignment]

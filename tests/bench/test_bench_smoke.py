@@ -286,3 +286,17 @@ def test_bench_smoke_perf_with_the_plain_django_view(tmp_path):
     assert [re.sub(idle, "N", row) for row in table[10:]] == [
         f"| idle | {server}: N" for server in ("reference", "moonborn", "django")
     ]
+
+
+def test_bench_smoke_lists_on_sqlite():
+    *_, head, columns, rule, row = run_bench("lists.py", "--databases", "sqlite", "--sizes", "100", "--requests", "2")
+    assert re.fullmatch(
+        r"\S+: p50 \(p90\) in ms over 2 requests; ×: p50 against the smallest size; load average [\d.]+–[\d.]+ on \d+ cores",
+        head,
+    ), head
+    assert (columns, rule) == (
+        "| database | messages | `GET /v1/personas` | × | server CPU | admin persona list | × | server CPU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    )
+    page = r"[\d.]+ \([\d.]+\) \| 1\.00 \| [\d.]+"
+    assert re.fullmatch(rf"\| SQLite \| 100 \| {page} \| {page} \|", row), row

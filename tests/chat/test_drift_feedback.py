@@ -7,9 +7,12 @@ from accounts.models import UsageRecord
 from bench import drift_set
 from chat import services
 from chat.drift import calibrate, centroid, hard_rule_hits, priors_for
-from chat.models import Message
+from chat.models import ChatSession, Message
 from chat.scoring import DRIFT_ALPHA, embed_replies, generic_vectors, pieces, register, score_tier0, tier0
-from personas.models import Persona
+from personas.models import Persona, PersonaDriftStats
+from personas.selectors import DriftCounts, drift_counts
+from personas.serializers import PersonaSerializer
+from personas.services import persona_queryset
 from tests.factories import (
     ChatSessionFactory,
     MessageFactory,
@@ -183,3 +186,80 @@ def test_ewma_and_sustained_drift() -> None:
     complete(message, 0.0)
     session.refresh_from_db()
     assert session.drift_streak == 0 and session.sustained_drift_at == marked
+
+
+def counters(persona: Persona) -> DriftCounts:
+    row = PersonaDriftStats.objects.filter(persona=persona).first()
+    return DriftCounts(row.replies, row.flagged, row.drift_sum) if row else DriftCounts(0, 0, 0.0)
+
+
+def reply(session: ChatSession, value: float, *, flagged: bool) -> str:
+    """A turn stored as a request stores it, its reply completed with this score (scores that are binary fractions,
+    so that sums are exact)."""
+    job = stored_turn(session)
+    services.message_complete(
+        message_id=job.assistant_message_id,
+        content="Aye.",
+        drift_score=value,
+        drift_threshold=0.9,
+        flagged=flagged,
+        drift_components={},
+        prompt_tokens=1,
+        completion_tokens=1,
+    )
+    return job.assistant_message_id
+
+
+def test_the_drift_counters_equal_a_recount_through_completions_reviews_tier1_and_deletes() -> None:
+    persona = calibrated_persona(anchors=LADY.anchors, samples=LADY.samples, name="Lady Marigold Fairweather")
+    other = PersonaFactory(owner=persona.owner)
+    first = ChatSessionFactory(persona=persona, owner=persona.owner)
+    second = ChatSessionFactory(persona=persona, owner=persona.owner)
+    elsewhere = ChatSessionFactory(persona=other, owner=persona.owner)
+    reply(first, 0.25, flagged=False)
+    flagged = reply(first, 0.75, flagged=True)
+    reply(second, 0.5, flagged=True)
+    stored_turn(second)  # left streaming: no score, not a reply to count
+    reply(elsewhere, 0.125, flagged=False)
+    assert counters(persona) == drift_counts(persona_ids=[persona.pk])[persona.pk] == (3, 2, 1.5)
+    assert counters(other) == (1, 0, 0.125)
+
+    # Reviews and tier 1 leave the tier-0 flag the statistics count as it is.
+    services.message_review(message_id=flagged, review=Message.Review.IN_CHARACTER, reviewer_id=None)
+    services.message_tier1_store(
+        worker_id="w1",
+        results={flagged: services.Tier1Score(score=0.1, threshold=0.9, flagged=False, components={})},
+    )
+    assert Message.objects.get(pk=flagged).flagged is True
+    assert counters(persona) == drift_counts(persona_ids=[persona.pk])[persona.pk] == (3, 2, 1.5)
+
+    assert services.chat_session_delete(owner_id=persona.owner_id, session_id=first.pk) is True
+    assert counters(persona) == drift_counts(persona_ids=[persona.pk])[persona.pk] == (1, 1, 0.5)
+    assert services.chat_session_delete(owner_id=persona.owner_id, session_id=elsewhere.pk) is True
+    assert counters(other) == drift_counts(persona_ids=[other.pk])[other.pk] == (0, 0, 0.0)
+    row = persona_queryset(owner_id=persona.owner_id).get(pk=persona.pk)
+    assert PersonaSerializer(row).data["drift"] == {"replies": 1, "flagged": 1, "flagged_share": 1.0, "mean_score": 0.5}
+
+
+def test_a_session_deleted_by_someone_else_changes_no_counters() -> None:
+    session = ChatSessionFactory()
+    reply(session, 0.5, flagged=False)
+    assert services.chat_session_delete(owner_id=UserFactory().pk, session_id=session.pk) is False
+    assert counters(session.persona) == (1, 0, 0.5)
+
+
+def test_a_reply_stored_again_replaces_its_score_in_the_counters() -> None:
+    session = ChatSessionFactory()
+    message_id = reply(session, 0.75, flagged=True)
+    services.message_complete(
+        message_id=message_id,
+        content="Aye, again.",
+        drift_score=0.25,
+        drift_threshold=0.9,
+        flagged=False,
+        drift_components={},
+        prompt_tokens=1,
+        completion_tokens=1,
+    )
+    assert counters(session.persona) == drift_counts(persona_ids=[session.persona_id])[session.persona_id]
+    assert counters(session.persona) == (1, 0, 0.25)

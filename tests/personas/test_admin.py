@@ -5,15 +5,18 @@ from html.parser import HTMLParser
 
 import factory
 import pytest
+from django.contrib import admin
 from django.db import connection
+from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import ApiKey, UsageRecord
 from accounts.services import api_key_create
-from chat.models import Message
-from personas.models import STEP_NAMES, PersonaStep
+from chat.models import ChatSession, Message
+from personas.models import STEP_NAMES, PersonaDriftStats, PersonaStep
+from personas.selectors import drift_counts
 from tests.factories import ChatSessionFactory, MessageFactory, PersonaFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -216,6 +219,16 @@ def test_persona_changelist_query_count_does_not_grow_with_personas(admin_client
     assert len(five) == len(one), [q["sql"] for q in five.captured_queries]
 
 
+def test_persona_changelist_reads_the_drift_counters_and_no_message(admin_client):
+    make_persona_with_history()
+    url = reverse("admin:personas_persona_changelist")
+    admin_client.get(url)
+    with CaptureQueriesContext(connection) as queries:
+        assert admin_client.get(url).status_code == 200
+    assert [q["sql"] for q in queries.captured_queries if "chat_message" in q["sql"]] == []
+    assert any("personas_personadriftstats" in q["sql"] for q in queries.captured_queries)
+
+
 def test_persona_changelist_stays_within_a_fixed_query_budget(admin_client, django_assert_max_num_queries):
     for _ in range(5):
         make_persona_with_history()
@@ -356,6 +369,33 @@ def test_message_admin_is_read_only(admin_client):
     assert admin_client.get(reverse("admin:chat_message_delete", args=[message.pk])).status_code == 403
     message.refresh_from_db()
     assert message.content == "Original"
+
+
+def drift_counters(persona) -> tuple[int, int, float]:
+    row = PersonaDriftStats.objects.get(persona=persona)
+    return row.replies, row.flagged, row.drift_sum
+
+
+def test_sessions_deleted_by_the_admin_leave_their_personas_counters_equal_to_a_recount(admin_client, admin_user):
+    persona = make_persona_with_history()  # replies 0.5 and 0.97 (flagged), one in each session
+    first, second = persona.chat_sessions.order_by("created_at")
+    other = make_persona_with_history()
+    assert drift_counters(persona) == drift_counters(other) == (2, 1, pytest.approx(1.47))
+    # The admin's delete pages refuse: a session's messages would go with it, and the admin never deletes messages.
+    delete_page = reverse("admin:chat_chatsession_delete", args=[second.pk])
+    assert admin_client.post(delete_page, {"post": "yes"}).status_code == 403
+    assert drift_counters(persona) == (2, 1, pytest.approx(1.47))
+
+    # Its delete hooks, for when those pages allow it, go through the chat services.
+    model_admin = admin.site._registry[ChatSession]
+    request = RequestFactory().post("/")
+    request.user = admin_user
+    model_admin.delete_model(request, second)
+    assert drift_counters(persona) == (1, 0, 0.5)
+    model_admin.delete_queryset(request, ChatSession.objects.filter(pk=first.pk) | other.chat_sessions.all())
+    assert ChatSession.objects.count() == 0
+    assert drift_counters(persona) == drift_counters(other) == (0, 0, 0.0)
+    assert drift_counts(persona_ids=[persona.pk, other.pk]) == {persona.pk: (0, 0, 0.0), other.pk: (0, 0, 0.0)}
 
 
 def test_session_page_lists_its_messages_read_only(admin_client):

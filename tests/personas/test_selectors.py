@@ -1,12 +1,16 @@
-"""personas.selectors.with_drift_stats: the drift statistics the API and the admin both show, from one query."""
+"""personas.selectors: the drift statistics the API and the admin both show, from the personas' counters in one
+query, and the recount the counters are checked against."""
+
+import importlib
 
 import pytest
+from django.apps import apps
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from chat.models import Message
-from personas.models import Persona, PersonaStep
-from personas.selectors import with_drift_stats
+from personas.models import Persona, PersonaDriftStats, PersonaStep
+from personas.selectors import drift_counts, with_drift_stats
 from personas.serializers import PersonaSerializer
 from personas.services import persona_queryset
 from tests.factories import ChatSessionFactory, MessageFactory, PersonaFactory
@@ -62,3 +66,29 @@ def test_the_list_reads_its_statistics_in_one_query_whatever_the_number_of_perso
     # One for the personas with their statistics, one for their steps (prefetched).
     assert len(queries) == 2
     assert sorted(row.reply_count for row in rows) == [0, 1, 1, 1, 1]  # type: ignore[attr-defined]
+
+
+def test_the_list_reads_the_counters_and_no_message() -> None:
+    persona = PersonaFactory()
+    MessageFactory(session=ChatSessionFactory(persona=persona), drift_score=0.3)
+    with CaptureQueriesContext(connection) as queries:
+        (row,) = persona_queryset(owner_id=persona.owner_id)
+    assert row.reply_count == 1  # type: ignore[attr-defined]
+    assert [q["sql"] for q in queries.captured_queries if "chat_message" in q["sql"]] == []
+
+
+def test_the_migration_counts_the_replies_already_stored() -> None:
+    counted, quiet = PersonaFactory(), PersonaFactory()
+    first, second = ChatSessionFactory(persona=counted), ChatSessionFactory(persona=counted)
+    MessageFactory(session=first, index=0, role=Message.Role.USER, drift_score=None)
+    MessageFactory(session=first, index=1, drift_score=0.25, flagged=True)
+    MessageFactory(session=second, index=1, drift_score=0.5)
+    MessageFactory(session=second, index=3, drift_score=None, status=Message.Status.STREAMING)
+    ChatSessionFactory(persona=quiet)
+    PersonaDriftStats.objects.all().delete()
+
+    importlib.import_module("personas.migrations.0004_persona_drift_stats").count_replies(apps, None)
+
+    rows = {row.persona_id: (row.replies, row.flagged, row.drift_sum) for row in PersonaDriftStats.objects.all()}
+    assert rows == {counted.pk: (2, 1, 0.75)}
+    assert drift_counts(persona_ids=[counted.pk, quiet.pk]) == {counted.pk: (2, 1, 0.75), quiet.pk: (0, 0, 0.0)}
