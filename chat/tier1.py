@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from runs.db import db_sync
 
@@ -169,6 +170,10 @@ class Tier1Worker:
                 limit=settings.MOONBORN_DRIFT_TIER1_BATCH,
                 lease_seconds=settings.MOONBORN_DRIFT_TIER1_LEASE_SECONDS,
             )
+        except (OperationalError, InterfaceError) as exc:
+            # The database went away (a restart, a failover): a line, not a traceback; the next poll tries again.
+            logger.warning("tier-1 drift scoring could not reach the database (%s); it will try again", exc)
+            return 0
         except Exception:
             # The claimed jobs are taken again when their lease runs out (up to services.TIER1_MAX_ATTEMPTS).
             logger.exception("tier-1 drift scoring failed; it will try again")

@@ -5,6 +5,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import OperationalError
 from django.utils import timezone
 
 from bench.drift_set import FIXTURES, build_persona
@@ -220,6 +221,20 @@ def test_a_failing_batch_is_logged_and_the_loop_goes_on(monkeypatch: pytest.Monk
     monkeypatch.setattr(tier1, "tier1_run_batch", broken)
     assert tier1.Tier1Worker().run_once() == 0
     assert "tier-1 drift scoring failed; it will try again" in caplog.text
+
+
+def test_a_database_outage_is_one_warning_without_a_traceback(monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+    def cut(**kwargs: Any) -> int:
+        raise OperationalError("terminating connection due to administrator command")
+
+    monkeypatch.setattr(tier1, "tier1_run_batch", cut)
+    assert tier1.Tier1Worker().run_once() == 0
+    [record] = [r for r in caplog.records if r.name == "chat.tier1"]
+    assert (record.levelname, record.exc_info) == ("WARNING", None)
+    assert record.getMessage() == (
+        "tier-1 drift scoring could not reach the database (terminating connection due to administrator command);"
+        " it will try again"
+    )
 
 
 def test_behind_a_backlog_tier1_scores_what_tier0_was_unsure_of_and_a_sample(settings: Any) -> None:
