@@ -5,6 +5,7 @@ import datetime
 import email.utils
 import functools
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -292,7 +293,7 @@ def _retry_pause(exc: ProviderError, attempt: int, retries: int, backoff: float)
     return backoff * 2**attempt
 
 
-class Upstream:
+class Upstream(ABC):
     """What the providers with a remote upstream share: a stream is one `resilient_stream` of `_attempt`s within the
     deadline, through the breaker of their upstream (its name and base URL)."""
 
@@ -303,8 +304,9 @@ class Upstream:
     breaker_failures: int
     breaker_seconds: float
 
+    @abstractmethod
     def _attempt(self, request: CompletionRequest, usage: Usage, base: tuple[int, int]) -> AsyncGenerator[str, None]:
-        raise NotImplementedError
+        """One upstream call: its deltas in order (`base`: the usage counted before this call)."""
 
     def stream(self, request: CompletionRequest, usage: Usage) -> AsyncGenerator[str, None]:
         # Usage may carry earlier calls (a pipeline's steps): each attempt starts again from here.

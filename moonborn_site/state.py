@@ -8,6 +8,7 @@ from nothing with one call. What stays outside is what remaking would cost the m
 """
 
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar, cast
@@ -51,11 +52,12 @@ def _close(part: Any) -> None:
         part.close()
 
 
-class Stoppable:
+class Stoppable(ABC):
     """A part that holds a thread or a connection: `reset` closes it."""
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Let go of the thread or connection."""
 
 
 class Lru(Generic[V]):
